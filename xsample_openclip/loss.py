@@ -40,7 +40,8 @@ def soft_targets(
     small tau_s overflows fp16/bf16, and without gradient: the target graph is fixed side data.
     """
     with torch.no_grad(), torch.autocast(row_embeddings.device.type, enabled=False):
-        sim = row_embeddings.float() @ all_embeddings.float().T
+        dtype = torch.promote_types(row_embeddings.dtype, torch.float32)
+        sim = row_embeddings.to(dtype) @ all_embeddings.to(dtype).T
         logits = sim.div_(tau_s)
         rows = torch.arange(sim.shape[0], device=sim.device)
         if mask_self:
@@ -52,9 +53,14 @@ def soft_targets(
     return target
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of CE(target_row, softmax(logits_row)), computed in fp32."""
-    return F.cross_entropy(logits.float(), target)
+    """Mean over rows of CE(target_row, softmax(logits_row)), in fp32 (or fp64) even under autocast."""
+    logits = _at_least_fp32(logits)
+    return F.cross_entropy(logits, target.to(logits.dtype))
 
 
 class XSampleLoss(nn.Module):
@@ -180,6 +186,6 @@ class XSampleLoss(nn.Module):
 
 def _masked_soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Soft CE where masked logits are -inf and their targets exactly 0 (0 * -inf must not be NaN)."""
-    log_prob = logits.float().log_softmax(dim=1)
+    log_prob = _at_least_fp32(logits).log_softmax(dim=1)
     log_prob = log_prob.masked_fill(target == 0, 0.0)
-    return -(target * log_prob).sum(dim=1).mean()
+    return -(target.to(log_prob.dtype) * log_prob).sum(dim=1).mean()

@@ -1,0 +1,198 @@
+"""The X-Sample loss against independent references: by hand, float64 numpy, finite differences, limits."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+
+from xsample_openclip.loss import XSampleLoss, soft_targets
+
+
+def unit(x):
+    return F.normalize(x, dim=-1)
+
+
+def batch(n=6, d=8, e=5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    img = unit(torch.randn(n, d, generator=g, dtype=dtype))
+    txt = unit(torch.randn(n, d, generator=g, dtype=dtype))
+    cap = unit(torch.randn(n, e, generator=g, dtype=dtype))
+    return img, txt, cap
+
+
+def reference_numpy(img, txt, cap, scale, tau_s, clip_weight=0.0, image_weight=0.0):
+    """Straight from the formula, in float64 loops."""
+    img, txt, cap = (np.asarray(t, dtype=np.float64) for t in (img, txt, cap))
+    n = len(img)
+
+    def softmax(v):
+        v = v - v.max()
+        return np.exp(v) / np.exp(v).sum()
+
+    def ce(p, logits):
+        logits = logits - logits.max()
+        logp = logits - np.log(np.exp(logits).sum())
+        return -sum(pi * lp for pi, lp in zip(p, logp) if pi > 0)
+
+    total_i2t = total_t2i = total_img = 0.0
+    for i in range(n):
+        sims = np.array([cap[i] @ cap[j] for j in range(n)])
+        p = softmax(sims / tau_s)
+        p_mixed = (1 - clip_weight) * p + clip_weight * np.eye(n)[i]
+        total_i2t += ce(p_mixed, scale * np.array([img[i] @ txt[j] for j in range(n)]))
+        total_t2i += ce(p_mixed, scale * np.array([txt[i] @ img[j] for j in range(n)]))
+        others = [j for j in range(n) if j != i]
+        if others:
+            q = softmax(sims[others] / tau_s)
+            total_img += ce(q, scale * np.array([img[i] @ img[j] for j in others]))
+    loss = (total_i2t + total_t2i) / (2 * n)
+    if image_weight and n > 1:
+        loss += image_weight * total_img / n
+    return loss
+
+
+def test_hand_computed_two_samples():
+    # captions at cosine 0.6, tau_s 0.5: target rows softmax([2, 1.2]); features at right angles, scale 1
+    cap = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    txt = img.clone()
+    p_same = math.exp(2) / (math.exp(2) + math.exp(1.2))
+    # logits rows are [1, 0] / [0, 1]: log-softmax of the matching entry is -log(1 + e^-1)
+    lp_match, lp_other = -math.log(1 + math.exp(-1)), -1 - math.log(1 + math.exp(-1))
+    expected = -(p_same * lp_match + (1 - p_same) * lp_other)
+    loss = XSampleLoss(tau_s=0.5)(img, txt, torch.tensor(1.0, dtype=torch.float64), caption_embeddings=cap)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("clip_weight,image_weight,tau_s", [(0.0, 0.0, 0.1), (0.3, 0.0, 0.5), (0.0, 0.7, 0.05),
+                                                             (0.25, 0.5, 1.0)])
+def test_matches_float64_reference(clip_weight, image_weight, tau_s):
+    img, txt, cap = batch(n=7, seed=1)
+    loss_fn = XSampleLoss(tau_s=tau_s, clip_weight=clip_weight, image_weight=image_weight)
+    out = loss_fn(img, txt, torch.tensor(12.0, dtype=torch.float64), caption_embeddings=cap, output_dict=True)
+    assert set(out) == ({"xsample_loss", "xsample_image_loss"} if image_weight else {"xsample_loss"})
+    expected = reference_numpy(img, txt, cap, 12.0, tau_s, clip_weight, image_weight)
+    assert sum(out.values()).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_finite_difference_gradients():
+    img, txt, cap = batch(n=5, seed=2)
+    loss_fn = XSampleLoss(tau_s=0.2, clip_weight=0.1, image_weight=0.5)
+    img.requires_grad_(True)
+    txt.requires_grad_(True)
+    scale = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda i, t, s: loss_fn(i, t, s, caption_embeddings=cap), (img, txt, scale), eps=1e-6, atol=1e-7)
+
+
+def test_small_tau_with_distinct_captions_is_clip_loss():
+    img, txt, cap = batch(n=8, seed=3)
+    img.requires_grad_(True)
+    txt.requires_grad_(True)
+    scale = torch.tensor(20.0, dtype=torch.float64)
+    xs = XSampleLoss(tau_s=1e-4)(img, txt, scale, caption_embeddings=cap)
+    grads_xs = torch.autograd.grad(xs, (img, txt))
+    clip = ClipLoss()(img, txt, scale)
+    grads_clip = torch.autograd.grad(clip, (img, txt))
+    assert xs.item() == pytest.approx(clip.item(), rel=1e-10)
+    for a, b in zip(grads_xs, grads_clip):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_full_clip_weight_is_clip_loss_at_any_tau():
+    img, txt, cap = batch(seed=4)
+    scale = torch.tensor(5.0, dtype=torch.float64)
+    xs = XSampleLoss(tau_s=3.0, clip_weight=1.0)(img, txt, scale, caption_embeddings=cap)
+    assert xs.item() == pytest.approx(ClipLoss()(img, txt, scale).item(), rel=1e-12)
+
+
+def test_duplicate_captions_share_the_target_evenly():
+    _, _, cap = batch(n=5, seed=5)
+    cap[3] = cap[1]
+    target = soft_targets(cap, cap, tau_s=1e-4)
+    torch.testing.assert_close(target[1], target[3])
+    expected = torch.zeros(5, dtype=target.dtype)
+    expected[[1, 3]] = 0.5
+    torch.testing.assert_close(target[1], expected)
+    assert target.sum(1).allclose(torch.ones(5, dtype=target.dtype))
+
+
+def test_both_directions_use_row_targets_and_are_symmetric():
+    img, txt, cap = batch(seed=6)
+    scale = torch.tensor(9.0, dtype=torch.float64)
+    loss_fn = XSampleLoss(tau_s=0.3)
+    assert loss_fn(img, txt, scale, caption_embeddings=cap).item() == pytest.approx(
+        loss_fn(txt, img, scale, caption_embeddings=cap).item(), rel=1e-12)
+    # the text->image term must use row-normalised targets, not the transpose of the row softmax
+    target = soft_targets(cap, cap, 0.3).double()
+    logits_t = scale * txt @ img.T
+    t2i = -(target * logits_t.log_softmax(1)).sum(1).mean()
+    i2t = -(target * (scale * img @ txt.T).log_softmax(1)).sum(1).mean()
+    assert loss_fn(img, txt, scale, caption_embeddings=cap).item() == pytest.approx(((i2t + t2i) / 2).item())
+
+
+def test_targets_are_fp32_without_grad_under_autocast():
+    img, txt, cap = batch(seed=7, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        target = soft_targets(cap.requires_grad_(True), cap, 0.01)
+    assert target.dtype == torch.float32 and not target.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_matches_fp32(dtype):
+    img, txt, cap = batch(n=16, d=32, seed=8, dtype=torch.float32)
+    scale = torch.tensor(50.0)
+    loss_fn = XSampleLoss(tau_s=0.05, image_weight=0.5)
+    ref = loss_fn(img, txt, scale, caption_embeddings=cap)
+    with torch.autocast("cpu", dtype=dtype):
+        amp = loss_fn(img.to(dtype), txt.to(dtype), scale, caption_embeddings=cap)
+    assert amp.dtype == torch.float32
+    assert amp.item() == pytest.approx(ref.item(), rel=2e-2)
+
+
+def test_gradient_accumulation_protocol_equals_full_batch():
+    """OpenCLIP's --accum-freq calls the loss once per micro-batch on the concatenated features,
+    with only that micro-batch carrying gradient; the summed gradients must equal the full batch's."""
+    img, txt, cap = batch(n=8, seed=9)
+    scale = torch.tensor(10.0, dtype=torch.float64)
+    loss_fn = XSampleLoss(tau_s=0.2, clip_weight=0.2, image_weight=0.3)
+    full_img, full_txt = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
+    loss_fn(full_img, full_txt, scale, caption_embeddings=cap).backward()
+
+    micro = 4
+    acc_img, acc_txt = torch.zeros_like(img), torch.zeros_like(txt)
+    for j in range(0, 8, micro):
+        live_img = img[j:j + micro].clone().requires_grad_(True)
+        live_txt = txt[j:j + micro].clone().requires_grad_(True)
+        cat_img = torch.cat([img[:j], live_img, img[j + micro:]])
+        cat_txt = torch.cat([txt[:j], live_txt, txt[j + micro:]])
+        loss_fn(cat_img, cat_txt, scale, caption_embeddings=cap).backward()
+        acc_img[j:j + micro] = live_img.grad
+        acc_txt[j:j + micro] = live_txt.grad
+    torch.testing.assert_close(acc_img, full_img.grad)
+    torch.testing.assert_close(acc_txt, full_txt.grad)
+
+
+def test_batch_of_one_is_finite():
+    img, txt, cap = batch(n=1, seed=10)
+    out = XSampleLoss(tau_s=0.1, image_weight=1.0)(img, txt, torch.tensor(30.0, dtype=torch.float64),
+                                                    caption_embeddings=cap, output_dict=True)
+    assert set(out) == {"xsample_loss"}
+    assert out["xsample_loss"].item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_missing_tokens_says_the_hook_is_not_active():
+    img, txt, _ = batch()
+    with pytest.raises(RuntimeError, match="hook is not active"):
+        XSampleLoss()(img, txt, torch.tensor(1.0))
+
+
+def test_rejects_logit_bias_and_bad_settings():
+    img, txt, cap = batch()
+    with pytest.raises(ValueError, match="SigLIP"):
+        XSampleLoss()(img, txt, torch.tensor(1.0), logit_bias=torch.tensor(-10.0), caption_embeddings=cap)
+    for kwargs in ({"tau_s": 0}, {"clip_weight": 1.5}, {"image_weight": -1}):
+        with pytest.raises(ValueError):
+            XSampleLoss(**kwargs)

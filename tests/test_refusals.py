@@ -1,0 +1,93 @@
+"""Every refusal happens at argument parsing, before a log folder or a step exists, with a message
+that names the problem and the fix; and --loss is never mistaken for --loss-dist-impl."""
+import subprocess
+import sys
+
+import pytest
+from open_clip_train import params
+
+from xsample_openclip import registry
+from xsample_openclip.patches import version
+
+BASE = ["--train-data", "x.csv", "--model", "xs-tiny-vit-32"]
+
+
+def refused(capsys, *argv):
+    with pytest.raises(SystemExit) as exc:
+        params.parse_args([*BASE, *argv])
+    assert exc.value.code not in (0, None)
+    return capsys.readouterr().err + (exc.value.code if isinstance(exc.value.code, str) else "")
+
+
+@pytest.mark.install_smoke
+def test_loss_is_exact_and_not_an_abbreviation_of_loss_dist_impl():
+    args = params.parse_args([*BASE, "--loss", "xsample"])
+    assert args.loss == "xsample" and args.loss_dist_impl is None
+    assert args.xsample_tau_s == 0.1 and args.xsample_encoder == "minilm"
+    assert params.parse_args(BASE).loss == registry.DEFAULT_LOSS == "clip"
+
+
+def test_stock_parser_alone_would_silently_train_clip():
+    """Why the patch exists: OpenCLIP's own parser takes --loss as --loss-dist-impl."""
+    stock = params.parse_args.__wrapped__([*BASE, "--loss", "xsample"])
+    assert not hasattr(stock, "loss") and stock.loss_dist_impl == "xsample"
+
+
+def test_unknown_loss_lists_the_registered_ones(capsys):
+    err = refused(capsys, "--loss", "xclr")
+    assert "invalid choice: 'xclr'" in err and "clip" in err and "xsample" in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--siglip"], "cannot be combined with --siglip"),
+    (["--distill-model", "ViT-B-32", "--distill-pretrained", "openai"], "does not support distillation"),
+    (["--torchscript"], "drop --torchscript/--trace"),
+    (["--dataset-type", "synthetic"], "same caption"),
+    (["--xsample-tau-s", "0"], "--xsample-tau-s must be > 0"),
+    (["--xsample-clip-weight", "1.5"], "--xsample-clip-weight must be in [0, 1]"),
+    (["--xsample-image-weight", "-1"], "--xsample-image-weight must be >= 0"),
+    (["--xsample-embeddings", "/nonexistent/table"], "python -m xsample_openclip.precompute"),
+    (["--xsample-encoder", "/nonexistent/encoder"], "not a local sentence-transformers folder"),
+])
+def test_refused_combinations(capsys, argv, needle):
+    assert needle in refused(capsys, "--loss", "xsample", *argv)
+
+
+def test_coca_models_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        params.parse_args(["--train-data", "x.csv", "--model", "coca_ViT-B-32", "--loss", "xsample"])
+    assert "does not support CoCa models" in capsys.readouterr().err
+
+
+def test_stock_flags_still_work_with_the_default_loss():
+    args = params.parse_args([*BASE, "--siglip"])
+    assert args.siglip and args.loss == "clip"
+
+
+def test_unsupported_open_clip_version_is_refused(monkeypatch):
+    monkeypatch.setattr(version, "installed_open_clip_version", lambda: "4.2.0")
+    with pytest.raises(SystemExit) as exc:
+        params.parse_args([*BASE, "--loss", "xsample"])
+    assert "open-clip-torch 4.2.0 is installed" in str(exc.value.code)
+    assert "open-clip-torch[training]==3.3.0" in str(exc.value.code)
+    assert not hasattr(params.parse_args(BASE), "loss")  # stock behaviour for stock flags
+
+
+def test_patches_are_idempotent():
+    import open_clip
+    import open_clip_train.train
+    from xsample_openclip import patches
+
+    before = (params.parse_args, open_clip.create_loss, open_clip_train.train.train_one_epoch)
+    patches.install()
+    patches.install()
+    assert (params.parse_args, open_clip.create_loss, open_clip_train.train.train_one_epoch) == before
+
+
+@pytest.mark.install_smoke
+def test_refusal_happens_before_the_log_folder_is_made(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "open_clip_train.main", *BASE, "--loss", "xsample",
+                           "--siglip", "--name", "refused"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "cannot be combined with --siglip" in proc.stderr
+    assert not (tmp_path / "logs").exists()
