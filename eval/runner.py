@@ -1,0 +1,101 @@
+"""Plan the (run, dataset, task) evaluations of a comparison and run the ones without a result yet.
+
+Each evaluation is one clip_benchmark call (or, for the mapped IN-9 score, ``mapped.evaluate_mapped``);
+its result JSON is the record of it being done, which is what makes re-running cheap.
+"""
+import json
+import os
+from dataclasses import dataclass
+
+from . import mapped, models, results
+from .benchmark import clip_benchmark_argv, read_result, run_clip_benchmark
+from .specs import IN1K_TO_IN9, LINEAR_PROBE, ZEROSHOT_CLASSIFICATION, DatasetSpec, Run
+
+
+@dataclass
+class Evaluation:
+    """One (run, dataset, task) and the JSON it writes."""
+
+    run: Run
+    spec: DatasetSpec
+    task: str
+    output: str
+
+
+def plan(runs, datasets, tasks, out, device, notes):
+    """Every evaluation to have a result for, ImageNet-1k zero-shot first (it saves the shared classifier)."""
+    if LINEAR_PROBE in tasks:
+        notes.extend(dict.fromkeys(n for d in datasets for n in d.notes if n not in notes))
+        if device != "cuda" and any(LINEAR_PROBE in d.tasks for d in datasets):
+            notes.append("linear probe skipped: clip_benchmark 1.6.2's linear probe needs CUDA")
+            tasks = tuple(t for t in tasks if t != LINEAR_PROBE)
+    evaluations = []
+    for run in runs:
+        for spec in datasets:
+            for task in (t for t in tasks if t in spec.tasks):
+                output = os.path.join(out, "results", run.name, f"{results.slug(spec.name)}__{task}.json")
+                evaluations.append(Evaluation(run, spec, task, output))
+    evaluations.sort(key=lambda e: (runs.index(e.run), not _builds_in1k_classifier(e)))
+    return evaluations
+
+
+def _builds_in1k_classifier(evaluation):
+    spec = evaluation.spec
+    return (evaluation.task == ZEROSHOT_CLASSIFICATION and spec.cb_dataset == "imagenet1k-unverified"
+            and spec.classnames is None)
+
+
+def done(evaluation):
+    """A result exists and reads; a truncated one (an interrupted run) is removed so it is redone."""
+    if not os.path.isfile(evaluation.output):
+        return False
+    try:
+        read_result(evaluation.output)
+        return True
+    except (ValueError, KeyError):
+        os.remove(evaluation.output)
+        return False
+
+
+def _classnames_file(out, spec):
+    path = os.path.join(out, "classnames", f"{results.slug(spec.name)}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({spec.cb_dataset: list(spec.classnames)}, f)
+    return path
+
+
+def execute(pending, model, out, batch_size, num_workers, amp, recall_k):
+    """Run the pending evaluations; all IN-9 mapped ones of a run share one model load."""
+    from tqdm import tqdm
+
+    progress = tqdm(total=len(pending), desc="evaluations", unit="eval")
+    for run in dict.fromkeys(e.run for e in pending):
+        cb_model, pretrained = models.model_for_run(model, run, out)
+        classifier = os.path.join(out, "classifiers", f"{run.name}__imagenet1k.pt")
+        os.makedirs(os.path.dirname(classifier), exist_ok=True)
+        for e in (e for e in pending if e.run == run and e.task != IN1K_TO_IN9):
+            progress.set_postfix_str(f"{run.name} · {e.spec.name} · {e.task}")
+            os.makedirs(os.path.dirname(e.output), exist_ok=True)
+            shared = _builds_in1k_classifier(e)
+            argv = clip_benchmark_argv(
+                model=cb_model, pretrained=pretrained, dataset=e.spec.cb_dataset, root=e.spec.root, task=e.task,
+                output=e.output, batch_size=batch_size, num_workers=num_workers, amp=amp,
+                classnames_file=_classnames_file(out, e.spec) if e.spec.classnames else None,
+                feature_root=os.path.join(out, "features") if e.task == LINEAR_PROBE else None,
+                save_clf=classifier if shared and not os.path.isfile(classifier) else None,
+                load_clf=classifier if shared and os.path.isfile(classifier) else None, recall_k=recall_k)
+            if e.task == LINEAR_PROBE:
+                os.makedirs(os.path.join(out, "features"), exist_ok=True)
+            run_clip_benchmark(argv)
+            progress.update()
+        todo = [e for e in pending if e.run == run and e.task == IN1K_TO_IN9]
+        if todo:
+            progress.set_postfix_str(f"{run.name} · IN-9 (1000-way, mapped)")
+            for e in todo:
+                os.makedirs(os.path.dirname(e.output), exist_ok=True)
+            mapped.evaluate_mapped(model_name=cb_model, pretrained=pretrained, specs=[e.spec for e in todo],
+                                   outputs={e.spec.name: e.output for e in todo}, classifier_path=classifier,
+                                   batch_size=batch_size, num_workers=num_workers, amp=amp)
+            progress.update(len(todo))
+    progress.close()
