@@ -1,9 +1,14 @@
 """Every change this plugin makes to OpenCLIP 3.3.0, in one place.
 
-Four names are wrapped, each idempotently:
-- ``open_clip_train.params.parse_args``: ``--loss`` and the losses' flags, checked (arguments.py);
+Five names are wrapped, each idempotently:
+- ``open_clip_train.params.parse_args``: ``--loss`` and the losses' flags, checked, and ``--resume``
+  refused if it would change the run's loss settings (arguments.py, resume.py);
 - ``open_clip.create_loss`` (and ``open_clip.factory.create_loss``): built by the loss registry;
-- ``open_clip_train.train.train_one_epoch``: token ids handed to losses that need them (train_loop.py);
+- ``open_clip_train.train.train_one_epoch``: token ids handed to losses that need them; with a plugin
+  loss, a non-finite loss stops the run naming the step, and odd captions are counted in the log
+  (train_loop.py, finite.py);
+- ``open_clip_train.data.get_csv_dataset``: with a plugin loss, CSV bytes that are not UTF-8 do not
+  crash the run (csv_data.py);
 - the same names already bound in ``open_clip_train.main``, if it was imported first.
 The package's tiny model configs are registered with OpenCLIP as well.
 
@@ -51,6 +56,9 @@ def _wrap_create_loss(stock):
             return stock(args)
         from xsample_openclip import registry
 
+        from .resume import log_allowed_changes
+
+        log_allowed_changes()
         return registry.build_loss(args)
 
     return create_loss
@@ -80,6 +88,14 @@ def patch_train(train):
     _patch_attr(train, "train_one_epoch", wrap_train_one_epoch)
 
 
+def patch_data(data):
+    if unsupported_version_message() is not None:
+        return
+    from .csv_data import wrap_get_csv_dataset
+
+    _patch_attr(data, "get_csv_dataset", wrap_get_csv_dataset)
+
+
 def patch_main(main):
     """Rebind names that ``open_clip_train.main`` imported before the patches existed."""
     import open_clip
@@ -95,6 +111,7 @@ _PATCHES = (
     ("open_clip", patch_open_clip),
     ("open_clip_train.params", patch_params),
     ("open_clip_train.train", patch_train),
+    ("open_clip_train.data", patch_data),
 )
 
 

@@ -3,7 +3,8 @@
 OpenCLIP's ``parse_args`` builds its ``ArgumentParser`` internally; for the duration of that call the
 first ``parse_args`` of any parser is intercepted so the plugin flags land on that very parser (one
 ``--help``, one ``params.txt``). ``--loss`` is then an exact option, so ``--loss xsample`` can no
-longer be taken as an abbreviation of ``--loss-dist-impl``.
+longer be taken as an abbreviation of ``--loss-dist-impl``. After the loss's own checks, ``--resume``
+is checked against the run it continues (resume.py).
 """
 import argparse
 import contextlib
@@ -12,6 +13,7 @@ import sys
 
 from xsample_openclip import registry
 
+from .resume import resume_problems
 from .version import unsupported_version_message
 
 
@@ -24,6 +26,8 @@ def _plugin_flags_on_next_parser():
         registry.add_loss_arguments(parser)
         parsed = original(parser, args, namespace)
         problems = registry.validate_loss_args(parsed)
+        if not problems:
+            problems = resume_problems(parsed)
         if problems:
             parser.exit(2, f"{parser.prog}: error: " + "\n  ".join(problems) + "\n")
         return parsed

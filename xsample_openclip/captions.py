@@ -7,19 +7,63 @@ table precomputed from the same token ids (``TableCaptionEmbeddings``). Both are
 """
 import hashlib
 from collections import OrderedDict
-from typing import List, Protocol
+from typing import Dict, List, Optional, Protocol
 
 import numpy as np
 import torch
 
 
+def _token_rows(tokens) -> np.ndarray:
+    return np.ascontiguousarray(torch.as_tensor(tokens).cpu().numpy().astype(np.int32, copy=False))
+
+
 def token_keys(tokens) -> np.ndarray:
     """64-bit keys of token-id rows (blake2b over int32 ids); identical captions share a key."""
-    rows = np.ascontiguousarray(torch.as_tensor(tokens).cpu().numpy().astype(np.int32, copy=False))
+    rows = tokens if isinstance(tokens, np.ndarray) and tokens.dtype == np.int32 else _token_rows(tokens)
     return np.fromiter(
         (int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") for row in rows),
         dtype=np.uint64, count=len(rows),
     )
+
+
+def clean_caption_text(value):
+    """A caption cell as read with ``errors="surrogateescape"``: undecodable bytes become U+FFFD.
+
+    Used wherever captions are read from files (the CSV loader patch, precompute) so the token ids and
+    hence the keys agree. Anything that is not a ``str`` (pandas' NaN for an empty cell) is returned
+    unchanged: OpenCLIP's ``str(caption)`` turns it into "nan", and so does every reader here.
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+# Odd captions, one bit each (see ``CaptionStats``).
+EMPTY = 1          # nothing left after tokenizing (an empty or whitespace-only caption)
+NO_WORDS = 2       # no letter or digit: punctuation, symbols or emoji only
+NAN_TEXT = 4       # the text "nan": how OpenCLIP reads an empty CSV cell (pandas NaN, then str())
+UNDECODABLE = 8    # contains U+FFFD: bytes that were not UTF-8, or a character cut by truncation
+CONTEXT_FULL = 16  # the token row is full: the caption was cut at the context length (or fits exactly)
+_FLAG_NAMES = (("empty", EMPTY), ("no_words", NO_WORDS), ("nan", NAN_TEXT), ("undecodable", UNDECODABLE),
+               ("context_full", CONTEXT_FULL))
+
+
+def text_flags(text: str) -> int:
+    """Odd-caption bits of one decoded caption (cheap string checks)."""
+    if not text:
+        return EMPTY
+    flags = 0
+    if not any(ch.isalnum() for ch in text):
+        flags |= NO_WORDS
+    if text == "nan":
+        flags |= NAN_TEXT
+    if "\ufffd" in text:
+        flags |= UNDECODABLE
+    return flags
 
 
 class TokenDecoder:
@@ -45,6 +89,26 @@ class TokenDecoder:
     def __call__(self, tokens) -> List[str]:
         return self._decode(torch.as_tensor(tokens).cpu().tolist())
 
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.tokenizer, "context_length", 0) or 0)
+
+    def token_flags(self, rows: np.ndarray) -> np.ndarray:
+        """EMPTY / CONTEXT_FULL bits read off token-id rows ``[B, ctx]`` (numpy), without decoding."""
+        flags = np.zeros(len(rows), dtype=np.int64)
+        if rows.ndim != 2 or rows.shape[1] < 2:
+            return flags
+        tok = self.tokenizer
+        eot = getattr(tok, "eot_token_id", None)
+        if eot is not None:  # SimpleTokenizer: [sot, ids..., eot, 0...]; a full row ends with eot
+            flags[rows[:, 1] == eot] |= EMPTY
+            flags[rows[:, -1] == eot] |= CONTEXT_FULL
+        else:
+            pad = getattr(getattr(tok, "tokenizer", None), "pad_token_id", None)
+            if pad is not None:
+                flags[rows[:, -1] != pad] |= CONTEXT_FULL
+        return flags
+
     def _decode_simple(self, rows):
         tok = self.tokenizer
         texts = []
@@ -69,23 +133,92 @@ class CaptionEncoder(Protocol):
     def encode(self, texts: List[str]) -> torch.Tensor: ...
 
 
+class CaptionStats:
+    """Counts the odd captions an embedder was handed; the training loop logs and resets it per epoch.
+
+    Nothing is dropped or altered: an odd caption is embedded exactly as decoded (an empty one as the
+    encoder's embedding of "", which all empty captions share), so the counts say what the targets were
+    built from. Cheap: bit flags from the token ids (vectorised) and, on the online path, from the text
+    when a caption is first decoded (cached with its embedding). With ``--accum-freq k`` OpenCLIP hands
+    the loss the same concatenated batch k times per step; the training loop sets ``calls_per_batch``
+    to k and only the first of those calls is counted.
+    """
+
+    FIELDS = ("samples", "batches") + tuple(name for name, _ in _FLAG_NAMES) + ("duplicates", "uniform_batches")
+
+    def __init__(self):
+        self.counts: Dict[str, int] = dict.fromkeys(self.FIELDS, 0)
+        self.calls_per_batch = 1
+        self._calls = 0
+
+    def observe(self, keys: np.ndarray, flags: np.ndarray) -> None:
+        call, self._calls = self._calls, self._calls + 1
+        if call % max(1, self.calls_per_batch):
+            return
+        counts = self.counts
+        counts["samples"] += len(keys)
+        counts["batches"] += 1
+        for name, bit in _FLAG_NAMES:
+            counts[name] += int(np.count_nonzero(flags & bit))
+        distinct = len(np.unique(keys))
+        counts["duplicates"] += len(keys) - distinct
+        if len(keys) > 1 and distinct == 1:
+            counts["uniform_batches"] += 1
+
+    def take(self) -> Dict[str, int]:
+        """The counts so far; starts counting afresh (at a batch boundary: call it between epochs)."""
+        counts, self.counts = self.counts, dict.fromkeys(self.FIELDS, 0)
+        self._calls = 0
+        return counts
+
+
+def describe_caption_stats(counts: Dict[str, int], context_length: int = 0, text_checked: bool = True) -> str:
+    """One log line: how many captions were odd and what was done with them."""
+    parts = []
+    labels = (
+        ("empty", "empty"),
+        ("nan", "the text 'nan' (an empty CSV cell as OpenCLIP reads it)"),
+        ("no_words", "punctuation/symbols/emoji only"),
+        ("undecodable", "with undecodable bytes (U+FFFD)"),
+        ("context_full", f"cut at the context length{f' ({context_length} tokens)' if context_length else ''}"),
+        ("duplicates", "repeating a caption earlier in the same batch"),
+        ("uniform_batches", "batch(es) of identical captions (uniform targets)"),
+    )
+    for name, label in labels:
+        if counts.get(name):
+            parts.append(f"{counts[name]} {label}")
+    head = f"{counts.get('samples', 0)} captions in {counts.get('batches', 0)} batches"
+    if not text_checked:
+        head += " (precomputed table: text-level checks were not run)"
+    if not parts:
+        return f"{head}; none odd"
+    return (f"{head}; odd: " + ", ".join(parts)
+            + ". All kept and embedded as decoded; identical captions share one embedding")
+
+
 class OnlineCaptionEmbeddings:
     """Decodes token ids, embeds unseen captions with a frozen encoder, caches them (LRU, on CPU).
 
     Repeated captions (epochs, duplicates, the ``accum_freq`` re-calls of one step) cost a dict lookup.
+    ``stats`` counts odd captions (see ``CaptionStats``).
     """
+
+    text_checked = True
 
     def __init__(self, decoder: TokenDecoder, encoder: CaptionEncoder, cache_size: int = 100_000):
         self.decoder = decoder
         self.encoder = encoder
         self.cache_size = cache_size
         self.dim = encoder.dim
-        self._cache: "OrderedDict[int, torch.Tensor]" = OrderedDict()
+        self._cache: "OrderedDict[int, tuple]" = OrderedDict()  # key -> (embedding, text flags)
         self.hits = 0
         self.misses = 0
+        self.stats = CaptionStats()
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        keys = token_keys(tokens).tolist()
+        rows = _token_rows(tokens)
+        key_array = token_keys(rows)
+        keys = key_array.tolist()
         found = {k: self._cache[k] for k in keys if k in self._cache}
         self.hits += sum(k in found for k in keys)
         self.misses += sum(k not in found for k in keys)
@@ -96,29 +229,43 @@ class OnlineCaptionEmbeddings:
         if first_index:
             texts = self.decoder(tokens[list(first_index.values())])
             fresh = self.encoder.encode(texts).float().cpu()
-            for k, emb in zip(first_index, fresh):
-                found[k] = emb
-                self._remember(k, emb)
+            for k, emb, text in zip(first_index, fresh, texts):
+                found[k] = (emb, text_flags(text))
+                self._remember(k, found[k])
         for k in found:
             if k in self._cache:
                 self._cache.move_to_end(k)
-        return torch.stack([found[k] for k in keys]).to(tokens.device)
+        flags = self.decoder.token_flags(rows) | np.fromiter((found[k][1] for k in keys), np.int64, len(keys))
+        self.stats.observe(key_array, flags)
+        return torch.stack([found[k][0] for k in keys]).to(tokens.device)
 
-    def _remember(self, key, emb):
+    def _remember(self, key, entry):
         if self.cache_size <= 0:
             return
-        self._cache[key] = emb
+        self._cache[key] = entry
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
 
 class TableCaptionEmbeddings:
-    """Looks caption embeddings up in a precomputed ``EmbeddingTable`` by token key."""
+    """Looks caption embeddings up in a precomputed ``EmbeddingTable`` by token key.
 
-    def __init__(self, table):
+    With a ``decoder`` (for its token-level checks, no decoding) it counts odd captions in ``stats``:
+    empty, cut at the context length, duplicates; text-level checks need decoding and are skipped.
+    """
+
+    text_checked = False
+
+    def __init__(self, table, decoder: Optional[TokenDecoder] = None):
         self.table = table
         self.dim = table.dim
+        self.decoder = decoder
+        self.stats = CaptionStats()
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        emb = self.table.lookup(token_keys(tokens))
+        rows = _token_rows(tokens)
+        keys = token_keys(rows)
+        emb = self.table.lookup(keys)
+        flags = self.decoder.token_flags(rows) if self.decoder is not None else np.zeros(len(keys), np.int64)
+        self.stats.observe(keys, flags)
         return torch.from_numpy(emb).float().to(tokens.device)

@@ -37,6 +37,11 @@ class EmbeddingTable:
                 f"{self.embeddings.shape[0]} embeddings, meta says {self.meta.get('count')}; "
                 "re-run xsample_openclip.precompute to finish it")
         self.dim = int(self.embeddings.shape[1])
+        if self.meta.get("dim") is not None and int(self.meta["dim"]) != self.dim:
+            raise ValueError(
+                f"caption-embedding table {self.path} is inconsistent: meta.json says width "
+                f"{self.meta['dim']} but embeddings.npy rows have width {self.dim}; rebuild it with "
+                "`python -m xsample_openclip.precompute`")
 
     def __len__(self):
         return int(self.keys.shape[0])
@@ -57,7 +62,25 @@ class EmbeddingTable:
                 f"caption-embedding table {self.path} ({len(self)} captions, built for model "
                 f"{self.meta.get('model')!r}); rebuild it over this training data with "
                 "`python -m xsample_openclip.precompute`, with the same --model")
-        return np.asarray(self.embeddings[idx], dtype=np.float32)
+        emb = np.asarray(self.embeddings[idx], dtype=np.float32)
+        if not np.isfinite(emb).all():
+            bad = int((~np.isfinite(emb).all(axis=1)).sum())
+            raise ValueError(
+                f"{bad} of {len(keys)} caption embeddings in this batch from table {self.path} are not "
+                "finite (NaN/inf): the table is corrupt; rebuild it with `python -m xsample_openclip.precompute`")
+        return emb
+
+    def bad_rows(self, sample: int = 4096, tol: float = 1e-2):
+        """Of up to ``sample`` evenly spaced rows: how many were checked, and how many are not finite
+        unit vectors (what every encoder here writes; float16 rounding stays far inside ``tol``)."""
+        if len(self) == 0:
+            return 0, 0
+        idx = np.unique(np.linspace(0, len(self) - 1, num=min(sample, len(self))).astype(np.int64))
+        rows = np.asarray(self.embeddings[idx], dtype=np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            norms = np.linalg.norm(rows, axis=1)
+        bad = ~np.isfinite(rows).all(axis=1) | ~(np.abs(norms - 1.0) <= tol)
+        return len(idx), int(bad.sum())
 
 
 def write_table(path, keys: np.ndarray, embeddings: np.ndarray, meta: dict) -> EmbeddingTable:
