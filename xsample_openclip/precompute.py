@@ -1,31 +1,48 @@
 """Precompute the caption-embedding table for ``--xsample-embeddings``.
 
     python -m xsample_openclip.precompute --model MODEL --train-data DATA --out TABLE_DIR
+    python -m xsample_openclip.precompute --model MODEL --train-data DATA --out TABLE_DIR --check
 
 Captions are read exactly as OpenCLIP's loader reads them (CSV column or webdataset ``.txt``
 members), tokenized with the model's own tokenizer, keyed by ``token_keys`` and decoded back, so the
 table holds what the online encoder would compute: training with the table is training with the
-online encoder, minus its cost. The work is streamed: captions are deduplicated by key while reading,
-embeddings are written into a memory-mapped ``.npy`` in key order, progress is saved every chunk so
-an interrupted run resumes where it stopped, and ``meta.json`` is written last.
-``--check`` reports how many of a dataset's captions a finished table is missing.
+online encoder, minus its cost.
+
+Built for millions of captions, in two streamed passes:
+1. scan: shards are read one after another in chunks, tokenized (``--workers`` processes), keyed and
+   decoded; each chunk's distinct (key, text) records are appended to spill files in
+   ``TABLE_DIR/scan/``. Memory stays bounded: texts never accumulate in RAM, only the 8-byte keys
+   are sorted once at the end (``np.unique``, about 24 bytes per caption read at that moment).
+2. embed: distinct captions, in key order, are encoded in batches into a memory-mapped
+   ``embeddings.npy`` whose size is logged before the first batch; a progress bar shows rate and
+   ETA; progress is saved after every batch, so an interrupted run resumes where it stopped (the scan
+   is redone to make sure the data did not change). ``meta.json`` is written last.
+``--check`` streams the data again and reports how many captions (and distinct captions) are missing
+from a finished table; it exits 1 when any are.
 """
 import argparse
 import json
 import logging
+import multiprocessing
+import shutil
 import sys
 import tarfile
+import time
+from collections import deque
 from pathlib import Path
 from typing import Iterator, List
 
 import numpy as np
 from tqdm import tqdm
 
-from .captions import TokenDecoder, token_keys
+from .captions import TokenDecoder, clean_caption_text, token_keys
 from .table import EMBEDDINGS, KEYS, EmbeddingTable, write_meta
 
 PROGRESS = "progress.json"
+SCAN_DIR = "scan"
 READ_CHUNK = 4096
+#: Progress bars (rate and ETA) on stderr; ``xsample_openclip.bench`` turns them off.
+PROGRESS_BARS = True
 
 
 def expand_sources(train_data: str) -> List[str]:
@@ -35,53 +52,231 @@ def expand_sources(train_data: str) -> List[str]:
     return [p for src in train_data.split("::") for p in braceexpand.braceexpand(src)]
 
 
-def iter_captions(train_data, dataset_type="auto", caption_key="title", separator="\t") -> Iterator[str]:
-    for source in expand_sources(train_data):
-        kind = dataset_type
-        if kind == "auto":
-            kind = {"csv": "csv", "tsv": "csv", "tar": "webdataset"}.get(source.rsplit(".", 1)[-1])
-        if kind == "csv":
-            import pandas as pd
+def _source_kind(source, dataset_type="auto"):
+    if dataset_type == "auto":
+        return {"csv": "csv", "tsv": "csv", "tar": "webdataset"}.get(source.rsplit(".", 1)[-1])
+    return dataset_type
 
-            for chunk in pd.read_csv(source, sep=separator, usecols=[caption_key], chunksize=READ_CHUNK):
-                yield from (str(c) for c in chunk[caption_key])
-        elif kind == "webdataset":
-            with tarfile.open(source, "r|*") as tar:
-                for member in tar:
-                    if member.isfile() and member.name.rsplit(".", 1)[-1] == "txt":
-                        yield tar.extractfile(member).read().decode("utf-8")
-        else:
-            raise ValueError(f"cannot tell the dataset type of {source!r}; pass --dataset-type csv|webdataset")
+
+def _iter_source(source, kind, caption_key="title", separator="\t") -> Iterator[str]:
+    """One source's captions as OpenCLIP's loader hands them to the tokenizer."""
+    if kind == "csv":
+        import pandas as pd
+
+        # as the plugin's CSV loader reads it (patches/csv_data.py): bytes that are not UTF-8 become
+        # U+FFFD, an empty cell becomes the text "nan" (OpenCLIP's str(caption))
+        for chunk in pd.read_csv(source, sep=separator, usecols=[caption_key], chunksize=READ_CHUNK,
+                                 encoding_errors="surrogateescape"):
+            yield from (str(clean_caption_text(c)) for c in chunk[caption_key])
+    elif kind == "webdataset":
+        with tarfile.open(source, "r|*") as tar:
+            for member in tar:
+                if member.isfile() and member.name.rsplit(".", 1)[-1] == "txt":
+                    yield tar.extractfile(member).read().decode("utf-8")
+    else:
+        raise ValueError(f"cannot tell the dataset type of {source!r}; pass --dataset-type csv|webdataset")
+
+
+def iter_captions(train_data, dataset_type="auto", caption_key="title", separator="\t") -> Iterator[str]:
+    """Every caption of ``--train-data``, source after source, streamed."""
+    for source in expand_sources(train_data):
+        yield from _iter_source(source, _source_kind(source, dataset_type), caption_key, separator)
+
+
+def _spread(n):
+    """0..n-1 in an order that covers the range evenly early on (0, n/2, n/4, 3n/4, ...)."""
+    seen, order, step = set(), [], 1
+    while len(order) < n:
+        for i in range(step):
+            j = (i * n) // step
+            if j not in seen:
+                seen.add(j)
+                order.append(j)
+        step *= 2
+    return order
+
+
+def sample_captions(train_data, limit, dataset_type="auto", caption_key="title", separator="\t",
+                    per_source=256):
+    """Up to ``limit`` captions (all when ``limit < 0``) from the local sources of ``--train-data``.
+
+    Sources are visited spread over the list (first, middle, quarters, ...), at most
+    ``max(per_source, limit / sources)`` captions from each, so a sample sees many shards without
+    opening all of them. Remote or missing sources are counted, not read; a source that fails to read
+    is listed in ``unreadable_shards`` (captions read before the failure are kept).
+    Returns ``(captions, report)``.
+    """
+    sources = expand_sources(train_data)
+    local = [s for s in sources if Path(s).is_file()]
+    report = {"sources": len(sources), "remote_or_missing": len(sources) - len(local), "sources_read": 0,
+              "unreadable_shards": []}
+    captions = []
+    quota = None if limit < 0 else max(per_source, -(-limit // max(len(local), 1)))
+    for i in _spread(len(local)):
+        if 0 <= limit <= len(captions):
+            break
+        source = local[i]
+        report["sources_read"] += 1
+        want = None if limit < 0 else min(quota, limit - len(captions))
+        try:
+            for k, caption in enumerate(_iter_source(source, _source_kind(source, dataset_type), caption_key,
+                                                     separator)):
+                if want is not None and k >= want:
+                    break
+                captions.append(caption)
+        except (OSError, tarfile.TarError, UnicodeDecodeError, ValueError, KeyError) as err:
+            logging.warning(f"could not read captions of {source}: {err}")
+            report["unreadable_shards"].append(source)
+    return captions, report
+
+
+def _chunks(captions: Iterator[str], size=READ_CHUNK):
+    captions = iter(captions)
+    while True:
+        chunk = [c for _, c in zip(range(size), captions)]
+        if not chunk:
+            return
+        yield chunk
+
+
+# --- the scan: chunks of captions -> keys (and the texts of each chunk's distinct keys) ----------
+
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(tokenizer):
+    global _WORKER_TOKENIZER
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER_TOKENIZER = tokenizer
+
+
+def _key_chunk(chunk, tokenizer=None, decode=True):
+    """(keys of every caption, {key: decoded text} of the chunk's distinct keys or None)."""
+    tokenizer = tokenizer or _WORKER_TOKENIZER
+    tokens = tokenizer(chunk)
+    keys = token_keys(tokens)
+    if not decode:
+        return keys, None
+    _, first = np.unique(keys, return_index=True)
+    first.sort()
+    texts = TokenDecoder(tokenizer)(tokens[first])
+    return keys, dict(zip(keys[first].tolist(), texts))
+
+
+def _map_chunks(captions, tokenizer, decode, workers):
+    """Yields ``_key_chunk`` results in order; with workers, at most 2 chunks per worker in flight."""
+    if workers <= 1:
+        for chunk in _chunks(captions):
+            yield len(chunk), _key_chunk(chunk, tokenizer, decode)
+        return
+    # fork where there is one: workers only tokenize (CPU, one thread), and start in milliseconds
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
+        pending = deque()
+        for chunk in _chunks(captions):
+            pending.append((len(chunk), pool.apply_async(_key_chunk, (chunk, None, decode))))
+            if len(pending) >= 2 * workers:
+                n, res = pending.popleft()
+                yield n, res.get()
+        while pending:
+            n, res = pending.popleft()
+            yield n, res.get()
+
+
+class CaptionScan:
+    """Distinct captions of a stream, spilled to disk: sorted unique keys and their texts on demand."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.total = 0
+        self.keys = None          # sorted unique uint64 keys
+        self._record = None       # for each unique key, the index of its first (key, text) record
+        self._offsets = None
+        self._texts = None
+
+    @classmethod
+    def run(cls, captions, tokenizer, folder, workers=0, desc="scanning captions"):
+        scan = cls(folder)
+        if scan.folder.exists():
+            shutil.rmtree(scan.folder)
+        scan.folder.mkdir(parents=True)
+        offset = 0
+        with open(scan.folder / "keys.u64", "wb") as fk, open(scan.folder / "offsets.u64", "wb") as fo, \
+                open(scan.folder / "texts.txt", "wb") as ft, \
+                tqdm(desc=desc, unit=" captions", unit_scale=True, mininterval=1.0, disable=not PROGRESS_BARS) as bar:
+            for n, (_, texts) in _map_chunks(captions, tokenizer, True, workers):
+                data = [t.encode("utf-8") + b"\n" for t in texts.values()]
+                lengths = np.fromiter((len(d) for d in data), dtype=np.uint64, count=len(data))
+                starts = offset + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint64)
+                np.fromiter(texts.keys(), dtype=np.uint64, count=len(texts)).tofile(fk)
+                starts.tofile(fo)
+                ft.write(b"".join(data))
+                offset += int(lengths.sum())
+                scan.total += n
+                bar.update(n)
+        records = np.fromfile(scan.folder / "keys.u64", dtype=np.uint64)
+        scan.keys, scan._record = np.unique(records, return_index=True)
+        del records
+        scan._offsets = np.memmap(scan.folder / "offsets.u64", dtype=np.uint64, mode="r") \
+            if scan._record.size else np.zeros(0, np.uint64)
+        scan._texts = np.memmap(scan.folder / "texts.txt", dtype=np.uint8, mode="r") if offset else b""
+        return scan
+
+    def __len__(self):
+        return int(self.keys.size)
+
+    def texts(self, start, stop) -> List[str]:
+        """Texts of the distinct captions ``keys[start:stop]``."""
+        records = self._record[start:stop]
+        begins = self._offsets[records].astype(np.int64)
+        nxt = records + 1                    # a record's text ends where the next record's begins
+        ends = np.full(len(records), len(self._texts), dtype=np.int64)
+        inside = nxt < len(self._offsets)
+        ends[inside] = self._offsets[nxt[inside]].astype(np.int64)
+        ends -= 1                            # drop the record's "\n"
+        return [bytes(self._texts[b:e]).decode("utf-8") for b, e in zip(begins.tolist(), ends.tolist())]
+
+    def remove(self):
+        self._offsets = self._texts = None
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def unique_captions(captions: Iterator[str], tokenizer, desc="reading captions"):
-    """Key -> decoded text of every distinct caption, and how many captions were read."""
-    decoder = TokenDecoder(tokenizer)
+    """Key -> decoded text of every distinct caption, and how many captions were read (in memory:
+    for small sets only; ``CaptionScan`` is the bounded-memory version ``build_table`` uses)."""
     found, total = {}, 0
-    with tqdm(desc=desc, unit=" captions") as bar:
-        while True:
-            chunk = [c for _, c in zip(range(READ_CHUNK), captions)]
-            if not chunk:
-                break
-            tokens = tokenizer(chunk)
-            keys = token_keys(tokens)
-            new = [i for i, k in enumerate(keys.tolist()) if k not in found]
-            for i, text in zip(new, decoder(tokens[new]) if new else []):
-                found.setdefault(int(keys[i]), text)
-            total += len(chunk)
-            bar.update(len(chunk))
+    for n, (_, texts) in _map_chunks(captions, tokenizer, True, 0):
+        for k, text in texts.items():
+            found.setdefault(k, text)
+        total += n
     return found, total
 
 
-def build_table(out, captions, tokenizer, encoder, model_name, dtype="float16", chunk=1024):
+# --- the table ---------------------------------------------------------------------------------
+
+def table_bytes(count: int, dim: int, dtype="float16") -> int:
+    """Bytes of a table on disk: the embeddings plus the 8-byte keys (npy headers aside)."""
+    return count * (dim * np.dtype(dtype).itemsize + 8)
+
+
+def build_table(out, captions, tokenizer, encoder, model_name, dtype="float16", chunk=1024, workers=0,
+                stats=None):
+    """Scan, then embed every distinct caption into ``out`` (resumable); returns the table.
+
+    ``stats``, a dict if given, receives timings and counts (used by ``xsample_openclip.bench``).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    found, total = unique_captions(captions, tokenizer)
-    keys = np.array(sorted(found), dtype=np.uint64)
-    texts = [found[int(k)] for k in keys]
+    t0 = time.perf_counter()
+    scan = CaptionScan.run(captions, tokenizer, out / SCAN_DIR, workers=workers)
+    t_scan = time.perf_counter() - t0
+    keys = scan.keys
     progress_file = out / PROGRESS
     done = 0
-    if progress_file.is_file() and (out / KEYS).is_file() and np.array_equal(np.load(out / KEYS), keys):
+    if progress_file.is_file() and (out / KEYS).is_file() and (out / EMBEDDINGS).is_file() \
+            and np.array_equal(np.load(out / KEYS, mmap_mode="r"), keys):
         done = json.loads(progress_file.read_text())["done"]
         emb = np.load(out / EMBEDDINGS, mmap_mode="r+")
         logging.info(f"resuming: {done}/{len(keys)} captions already embedded")
@@ -89,28 +284,58 @@ def build_table(out, captions, tokenizer, encoder, model_name, dtype="float16", 
         np.save(out / KEYS, keys)
         emb = np.lib.format.open_memmap(out / EMBEDDINGS, mode="w+", dtype=dtype, shape=(len(keys), encoder.dim))
         progress_file.write_text(json.dumps({"done": 0}))
-    with tqdm(total=len(keys), initial=done, desc="embedding captions", unit=" captions") as bar:
+    size = table_bytes(len(keys), encoder.dim, dtype)
+    logging.info(f"{len(keys)} distinct captions of {scan.total} read ({scan.total / max(t_scan, 1e-9):.0f}/s); "
+                 f"table {out}: {size / 2**20:.1f} MiB memory-mapped ({len(keys)} x {encoder.dim} {dtype} "
+                 f"+ 8-byte keys)")
+    t1 = time.perf_counter()
+    with tqdm(total=len(keys), initial=done, desc="embedding captions", unit=" captions", unit_scale=True,
+              mininterval=1.0, disable=not PROGRESS_BARS) as bar:
         for start in range(done, len(keys), chunk):
-            batch = texts[start:start + chunk]
+            batch = scan.texts(start, start + chunk)
             emb[start:start + len(batch)] = encoder.encode(batch).cpu().numpy().astype(dtype)
             emb.flush()
             progress_file.write_text(json.dumps({"done": start + len(batch)}))
             bar.update(len(batch))
+    t_embed = time.perf_counter() - t1
     del emb
     meta = {"encoder": encoder.name, "model": model_name, "tokenizer": type(tokenizer).__name__,
-            "context_length": int(getattr(tokenizer, "context_length", 0) or 0), "captions_read": total}
+            "context_length": int(getattr(tokenizer, "context_length", 0) or 0), "captions_read": scan.total}
     write_meta(out, meta, count=len(keys), dim=encoder.dim, dtype=dtype)
     progress_file.unlink()
+    scan.remove()
     size = (out / EMBEDDINGS).stat().st_size + (out / KEYS).stat().st_size
-    logging.info(f"wrote {len(keys)} distinct captions (of {total} read) to {out}: {size / 2**20:.1f} MiB")
+    logging.info(f"wrote {len(keys)} distinct captions (of {scan.total} read) to {out}: {size / 2**20:.1f} MiB; "
+                 f"scan {t_scan:.1f} s, embedding {t_embed:.1f} s "
+                 f"({(len(keys) - done) / max(t_embed, 1e-9):.0f} captions/s)")
+    if stats is not None:
+        stats.update(captions=scan.total, distinct=len(keys), embedded=len(keys) - done, scan_s=t_scan,
+                     embed_s=t_embed, bytes=size)
     return EmbeddingTable(out)
 
 
-def check_table(table: EmbeddingTable, captions, tokenizer):
-    """How many captions of the data are missing from the table."""
-    found, total = unique_captions(captions, tokenizer, desc="checking captions")
-    _, present = table.find(np.array(list(found), dtype=np.uint64))
-    return {"captions": total, "distinct": len(found), "missing_distinct": int((~present).sum())}
+def check_table(table: EmbeddingTable, captions, tokenizer, workers=0, details=False):
+    """How many captions of the data are missing from the table (streamed: keys only, no texts).
+
+    Returns ``captions`` (read), ``distinct`` and ``missing_distinct``; with ``details`` also
+    ``missing`` (captions read whose key is missing, duplicates counted).
+    """
+    total = missing = 0
+    missing_keys, all_keys = [], []
+    with tqdm(desc="checking captions", unit=" captions", unit_scale=True, mininterval=1.0, disable=not PROGRESS_BARS) as bar:
+        for n, (keys, _) in _map_chunks(captions, tokenizer, False, workers):
+            _, present = table.find(keys)
+            missing += int((~present).sum())
+            missing_keys.append(keys[~present])
+            all_keys.append(np.unique(keys))
+            total += n
+            bar.update(n)
+    distinct = np.unique(np.concatenate(all_keys)).size if all_keys else 0
+    missing_distinct = np.unique(np.concatenate(missing_keys)).size if missing_keys else 0
+    report = {"captions": total, "distinct": int(distinct), "missing_distinct": int(missing_distinct)}
+    if details:
+        report["missing"] = missing
+    return report
 
 
 def parse_args(argv):
@@ -126,6 +351,9 @@ def parse_args(argv):
     p.add_argument("--encoder", default="minilm", help="same meaning as --xsample-encoder")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--batch-size", type=int, default=1024, help="captions per encoder call and progress save")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that tokenize and key captions while scanning (0: in this process)")
     p.add_argument("--check", action="store_true", help="only report captions missing from --out")
     return p.parse_args(argv)
 
@@ -141,13 +369,17 @@ def main(argv=None):
     tokenizer = get_tokenizer(args.model, context_length=args.force_context_length)
     captions = iter_captions(args.train_data, args.dataset_type, args.csv_caption_key, args.csv_separator)
     if args.check:
-        report = check_table(EmbeddingTable(args.out), captions, tokenizer)
+        report = check_table(EmbeddingTable(args.out), captions, tokenizer, workers=args.workers, details=True)
         print(json.dumps(report))
+        if report["missing_distinct"]:
+            logging.info(f"{report['missing']} of {report['captions']} training captions "
+                         f"({report['missing_distinct']} of {report['distinct']} distinct) are missing from "
+                         f"{args.out}: rebuild it over this --train-data with the same --model")
         return 1 if report["missing_distinct"] else 0
     from .encoders import SentenceEncoder
 
     build_table(args.out, captions, tokenizer, SentenceEncoder(args.encoder, device=args.device),
-                args.model, dtype=args.dtype)
+                args.model, dtype=args.dtype, chunk=args.batch_size, workers=args.workers)
     return 0
 
 
