@@ -1,0 +1,133 @@
+"""Launch OpenCLIP's own trainer for one (loss, seed) run, with a progress bar, and reuse finished runs.
+
+Every run goes through ``python -m open_clip_train.main`` exactly as a user would type it; a run whose
+final checkpoint exists is not trained again, and a run that was interrupted is started afresh.
+Several runs can train at once, one thread each (tiny models on a small CPU train far faster with one
+OpenMP thread per process than with several).
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from tqdm import tqdm
+
+_PROGRESS = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+)")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything shared by the runs of one comparison: only the loss flags and the seed differ."""
+
+    model: str = "xs-tiny-vit-64"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    wd: float = 0.1
+    warmup: int = 50
+    precision: str = "fp32"
+    extra: tuple = ()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    loss_args: tuple
+    seed: int
+
+
+@dataclass
+class TrainData:
+    """What ``--train-data`` needs: a CSV (deterministic order for a seed) and its size."""
+
+    csv: str
+    num_samples: int
+    csv_args: tuple = field(default=("--csv-img-key", "filepath", "--csv-caption-key", "title"))
+
+
+def command(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path) -> List[str]:
+    return [
+        sys.executable, "-m", "open_clip_train.main",
+        "--train-data", data.csv, "--dataset-type", "csv", *data.csv_args,
+        "--model", settings.model, "--epochs", str(settings.epochs), "--batch-size", str(settings.batch_size),
+        "--lr", str(settings.lr), "--wd", str(settings.wd), "--warmup", str(settings.warmup),
+        "--precision", settings.precision, "--device", "cpu", "--workers", "1",
+        "--save-frequency", "0", "--log-every-n-steps", "10", "--seed", str(spec.seed),
+        f"--logs={logs}", "--name", spec.name, *spec.loss_args, *settings.extra,
+    ]
+
+
+def run_key(spec: RunSpec, data: TrainData, settings: TrainSettings) -> str:
+    blob = json.dumps([asdict(spec), asdict(settings), data.csv, data.num_samples], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def checkpoint_of(logs: Path, spec: RunSpec, settings: TrainSettings) -> Path:
+    return logs / spec.name / "checkpoints" / f"epoch_{settings.epochs}.pt"
+
+
+def train(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path, bar_position: int = 0) -> Path:
+    """Train one run (or reuse it); returns its final checkpoint."""
+    logs = Path(logs)
+    ckpt = checkpoint_of(logs, spec, settings)
+    stamp = logs / spec.name / "run_key.txt"
+    key = run_key(spec, data, settings)
+    if ckpt.is_file() and stamp.is_file() and stamp.read_text() == key:
+        return ckpt
+    shutil.rmtree(logs / spec.name, ignore_errors=True)  # an unfinished or outdated run
+    steps_per_epoch = data.num_samples // settings.batch_size
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    cmd = command(spec, data, settings, logs)
+    tail: List[str] = []
+    with tqdm(total=settings.epochs * steps_per_epoch, desc=f"train {spec.name}", unit="step",
+              position=bar_position, leave=True) as bar:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for line in proc.stdout:
+            tail = (tail + [line])[-40:]
+            m = _PROGRESS.search(line)
+            if m:
+                epoch, seen, total = (int(g) for g in m.groups())
+                bar.n = epoch * steps_per_epoch + round(seen / total * steps_per_epoch)
+                bar.refresh()
+        proc.wait()
+    if proc.returncode != 0 or not ckpt.is_file():
+        raise RuntimeError(f"training {spec.name} failed (exit {proc.returncode}):\n{' '.join(cmd)}\n"
+                           + "".join(tail))
+    stamp.write_text(key)
+    return ckpt
+
+
+def train_all(specs: Sequence[RunSpec], data: TrainData, settings: TrainSettings, logs: Path,
+              parallel: int = 2) -> Dict[str, Path]:
+    """Train runs ``parallel`` at a time; returns name -> checkpoint."""
+    results: Dict[str, Path] = {}
+    errors: List[BaseException] = []
+    pending = list(enumerate(specs))
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if not pending or errors:
+                    return
+                position, spec = pending.pop(0)
+            try:
+                results[spec.name] = train(spec, data, settings, logs, bar_position=position)
+            except BaseException as err:  # re-raised in the caller's thread
+                errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(max(1, parallel))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return {spec.name: results[spec.name] for spec in specs}
