@@ -9,12 +9,8 @@ import itertools
 import tarfile
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (230, 210, 20),
-           "purple": (140, 40, 170), "orange": (240, 130, 20), "black": (10, 10, 10), "cyan": (20, 200, 210)}
-SHAPES = ("circle", "square", "triangle", "cross")
-PLACES = {"top left": (0.3, 0.3), "top right": (0.7, 0.3), "bottom left": (0.3, 0.7), "bottom right": (0.7, 0.7)}
+from xsample_openclip import bench_data
+from xsample_openclip.bench_data import COLOURS, PLACES, SHAPES
 
 
 def samples(n=None):
@@ -24,22 +20,8 @@ def samples(n=None):
 
 
 def render(colour, shape, place, size=32):
-    img = Image.new("RGB", (size, size), (245, 245, 245))
-    draw = ImageDraw.Draw(img)
-    cx, cy = (v * size for v in PLACES[place])
-    r = size * 0.22
-    box = (cx - r, cy - r, cx + r, cy + r)
-    fill = COLOURS[colour]
-    if shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
-    elif shape == "triangle":
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    else:
-        draw.rectangle((cx - r, cy - r / 3, cx + r, cy + r / 3), fill=fill)
-        draw.rectangle((cx - r / 3, cy - r, cx + r / 3, cy + r), fill=fill)
-    return img
+    """A large shape on white (the package's bench renderer)."""
+    return bench_data.render(colour, shape, place, "large", "white", px=size)
 
 
 def _jpeg(img):
