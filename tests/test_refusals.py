@@ -23,7 +23,7 @@ def refused(capsys, *argv):
 def test_loss_is_exact_and_not_an_abbreviation_of_loss_dist_impl():
     args = params.parse_args([*BASE, "--loss", "xsample"])
     assert args.loss == "xsample" and args.loss_dist_impl is None
-    assert args.xsample_tau_s == 0.1 and args.xsample_encoder is None
+    assert args.xsample_tau_s == 0.2 and args.xsample_encoder is None
     assert params.parse_args(BASE).loss == registry.DEFAULT_LOSS == "clip"
 
 

@@ -92,7 +92,7 @@ def test_resume_latest_continues_with_xsample_and_ends_close_to_the_uninterrupte
     assert result is None
     log = (run / "out.log").read_text()
     assert "=> resuming checkpoint" in log and "(epoch 2)" in log
-    assert log.count("Loss: xsample (X-Sample contrastive loss): tau_s=0.1") == 2  # both launches
+    assert log.count("Loss: xsample (X-Sample contrastive loss): tau_s=0.2") == 2  # both launches
     assert "Train Epoch: 3" in log and "Xsample_loss" in log.split("resuming checkpoint")[1]
     assert run_params(run)["loss"] == "xsample"
 
@@ -149,9 +149,9 @@ def refusal(capsys, root, *argv, **kw):
 
 
 def test_resume_with_other_xsample_settings_is_refused_naming_each_change(root, capsys):
-    err = refusal(capsys, root, "--resume", "latest", "--loss", "xsample", "--xsample-tau-s", "0.2",
+    err = refusal(capsys, root, "--resume", "latest", "--loss", "xsample", "--xsample-tau-s", "0.4",
                   "--xsample-clip-weight", "0.5")
-    assert "--xsample-tau-s: 0.1 in that run, 0.2 now" in err
+    assert "--xsample-tau-s: 0.2 in that run, 0.4 now" in err
     assert "--xsample-clip-weight: 0.0 in that run, 0.5 now" in err
     assert str(root / "logs" / "killed" / "params.txt") in err
     assert "--xsample-allow-changed-settings" in err and "new --name" in err
@@ -165,7 +165,7 @@ def test_resume_that_forgets_the_loss_is_refused_instead_of_training_plain_clip(
 def test_resume_from_an_explicit_checkpoint_of_the_run_is_checked_too(root, capsys):
     ckpt = root / "logs" / "killed" / "checkpoints" / "epoch_2.pt"
     err = refusal(capsys, root, "--resume", str(ckpt), "--loss", "xsample", "--xsample-tau-s", "0.3", name="new")
-    assert "--xsample-tau-s: 0.1 in that run, 0.3 now" in err
+    assert "--xsample-tau-s: 0.2 in that run, 0.3 now" in err
 
 
 def test_settings_that_change_no_number_may_change(root):
@@ -177,12 +177,12 @@ def test_settings_that_change_no_number_may_change(root):
 def test_override_flag_allows_the_change_and_logs_it(root, caplog):
     from xsample_openclip.patches import resume as resume_patch
 
-    args = parse(root, "--resume", "latest", "--loss", "xsample", "--xsample-tau-s", "0.2",
+    args = parse(root, "--resume", "latest", "--loss", "xsample", "--xsample-tau-s", "0.4",
                  "--xsample-allow-changed-settings")
-    assert args.xsample_tau_s == 0.2
+    assert args.xsample_tau_s == 0.4
     with caplog.at_level("WARNING"):
         resume_patch.log_allowed_changes()
-    assert "--xsample-tau-s: 0.1 in that run, 0.2 now" in caplog.text
+    assert "--xsample-tau-s: 0.2 in that run, 0.4 now" in caplog.text
     assert "--xsample-allow-changed-settings" in caplog.text
 
 

@@ -20,8 +20,8 @@ from .runs import RunSpec, TrainData, TrainSettings, train_all
 from .summary import summarize
 
 #: Settings of the default demo (chosen by the sweep documented in the README).
-DEFAULT_SETTINGS = TrainSettings(model="xs-tiny-vit-64", epochs=10, batch_size=64, lr=5e-4, wd=0.1, warmup=50)
-DEFAULT_XSAMPLE_ARGS = "--xsample-tau-s 0.1"
+DEFAULT_SETTINGS = TrainSettings(model="xs-tiny-vit-64", epochs=12, batch_size=64, lr=5e-4, wd=0.1, warmup=50)
+DEFAULT_XSAMPLE_ARGS = "--xsample-tau-s 0.2"
 
 
 def parse_variant(text):

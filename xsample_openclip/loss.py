@@ -379,7 +379,7 @@ class XSampleLoss(nn.Module):
     def __init__(
         self,
         caption_embedder=None,
-        tau_s: float = 0.1,
+        tau_s: float = 0.2,
         clip_weight: float = 0.0,
         image_weight: float = 0.0,
         local_loss: bool = False,

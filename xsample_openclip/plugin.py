@@ -6,7 +6,7 @@ from pathlib import Path
 from .encoders import DEFAULT_ENCODER
 
 DEFAULTS = {
-    "xsample_tau_s": 0.1,
+    "xsample_tau_s": 0.2,  # best of the demo sweep (README, "The demo")
     "xsample_clip_weight": 0.0,
     "xsample_image_weight": 0.0,
     "xsample_encoder": None,  # the packaged MiniLM, or the table's encoder with --xsample-embeddings

@@ -27,7 +27,7 @@ class TrainSettings:
     """Everything shared by the runs of one comparison: only the loss flags and the seed differ."""
 
     model: str = "xs-tiny-vit-64"
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 64
     lr: float = 5e-4
     wd: float = 0.1
