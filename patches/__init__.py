@@ -1,19 +1,19 @@
 """Every change this plugin makes to OpenCLIP 3.3.0, in one place.
 
-Five names are wrapped, each idempotently:
-- ``open_clip_train.params.parse_args``: ``--loss`` and the losses' flags, checked, and ``--resume``
-  refused if it would change the run's loss settings (arguments.py, resume.py);
-- ``open_clip.create_loss`` (and ``open_clip.factory.create_loss``): built by the loss registry;
-- ``open_clip_train.train.train_one_epoch``: token ids handed to losses that need them; with a plugin
-  loss, a non-finite loss stops the run naming the step, and odd captions are counted in the log
-  (train_loop.py, finite.py);
+Wrapped, each idempotently, right after its module is imported (``apply``, called by the start-up
+hook) or explicitly (``install``):
+- ``open_clip_train.params.parse_args``: ``--loss`` and the losses' flags, checked (arguments.py);
+- ``open_clip_train.distributed.init_distributed_device``: CPU multi-process DDP, and the loss plugin's
+  start-up checks on rank 0, shared with every rank (startup.py, resume.py);
+- ``open_clip.create_loss`` (and ``open_clip.factory.create_loss``): built by the loss registry, for
+  arguments from the patched parser only;
+- ``open_clip_train.train.train_one_epoch``: token ids for plugin losses, a finiteness guard, the
+  end-of-epoch hook (train_loop.py, finite.py);
+- ``open_clip_train.train.evaluate``: the plugin loss's objective on the validation data (evaluation.py);
 - ``open_clip_train.data.get_csv_dataset``: with a plugin loss, CSV bytes that are not UTF-8 do not
   crash the run (csv_data.py);
 - the same names already bound in ``open_clip_train.main``, if it was imported first.
 The package's tiny model configs are registered with OpenCLIP as well.
-
-``register_import_hooks()`` applies each patch the moment its module is imported (the start-up hook
-uses it); ``install()`` applies them to modules that are already imported, or imports them.
 """
 import functools
 import importlib
@@ -22,29 +22,14 @@ import sys
 from .version import unsupported_version_message
 
 _MARK = "__xsample_patched__"
-_STOCK = {}
-
-
-def stock_create_loss():
-    """OpenCLIP's own ``create_loss``, whatever has been patched since."""
-    if "create_loss" not in _STOCK:
-        from open_clip import factory
-
-        return factory.create_loss
-    return _STOCK["create_loss"]
-
-
-def _mark(fn):
-    setattr(fn, _MARK, True)
-    return fn
 
 
 def _patch_attr(module, name, make_wrapper):
     current = getattr(module, name)
     if getattr(current, _MARK, False):
         return current
-    _STOCK.setdefault(name, current)
-    patched = _mark(make_wrapper(_STOCK[name]))
+    patched = make_wrapper(current)
+    setattr(patched, _MARK, True)
     setattr(module, name, patched)
     return patched
 
@@ -52,14 +37,14 @@ def _patch_attr(module, name, make_wrapper):
 def _wrap_create_loss(stock):
     @functools.wraps(stock)
     def create_loss(args):
-        if not hasattr(args, "loss"):  # args not from the patched parser: stock behaviour
-            return stock(args)
         from xsample_openclip import registry
 
-        from .resume import log_allowed_changes
-
-        log_allowed_changes()
-        return registry.build_loss(args)
+        run = registry.loss_run(args)
+        if run is None:  # arguments not from the patched parser: stock behaviour
+            return stock(args)
+        run.log_notes()
+        run.loss = registry.load_plugin(args.loss).build(args)
+        return run.loss
 
     return create_loss
 
@@ -80,12 +65,22 @@ def patch_params(params):
     _patch_attr(params, "parse_args", wrap_parse_args)
 
 
+def patch_distributed(distributed):
+    if unsupported_version_message() is not None:
+        return
+    from .startup import wrap_init_distributed_device
+
+    _patch_attr(distributed, "init_distributed_device", wrap_init_distributed_device)
+
+
 def patch_train(train):
     if unsupported_version_message() is not None:
         return
+    from .evaluation import wrap_evaluate
     from .train_loop import wrap_train_one_epoch
 
     _patch_attr(train, "train_one_epoch", wrap_train_one_epoch)
+    _patch_attr(train, "evaluate", lambda stock: wrap_evaluate(stock, train))
 
 
 def patch_data(data):
@@ -99,36 +94,38 @@ def patch_data(data):
 def patch_main(main):
     """Rebind names that ``open_clip_train.main`` imported before the patches existed."""
     import open_clip
+    import open_clip_train.distributed
     import open_clip_train.params
     import open_clip_train.train
 
     main.parse_args = open_clip_train.params.parse_args
     main.create_loss = open_clip.create_loss
+    main.init_distributed_device = open_clip_train.distributed.init_distributed_device
     main.train_one_epoch = open_clip_train.train.train_one_epoch
+    main.evaluate = open_clip_train.train.evaluate
 
 
-_PATCHES = (
-    ("open_clip", patch_open_clip),
-    ("open_clip_train.params", patch_params),
-    ("open_clip_train.train", patch_train),
-    ("open_clip_train.data", patch_data),
-)
+#: Module name -> its patch; the start-up hook watches exactly these names.
+PATCHES = {
+    "open_clip": patch_open_clip,
+    "open_clip_train.params": patch_params,
+    "open_clip_train.distributed": patch_distributed,
+    "open_clip_train.train": patch_train,
+    "open_clip_train.data": patch_data,
+}
+
+
+def apply(name, module):
+    """Patch ``module`` (just imported as ``name``)."""
+    PATCHES[name](module)
 
 
 def install():
     """Patch OpenCLIP now (idempotent). Imports the patched modules; returns nothing."""
-    for name, patch in _PATCHES:
+    for name, patch in PATCHES.items():
         patch(importlib.import_module(name))
     for name in ("open_clip_train.main", "__main__"):
         module = sys.modules.get(name)
         if module is not None and getattr(module, "__spec__", None) is not None \
                 and module.__spec__.name == "open_clip_train.main":
             patch_main(module)
-
-
-def register_import_hooks():
-    """Patch each OpenCLIP module right after it is first imported (or now, if it already is)."""
-    import wrapt
-
-    for name, patch in _PATCHES:
-        wrapt.register_post_import_hook(patch, name)

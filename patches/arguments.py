@@ -1,10 +1,12 @@
-"""Adds ``--loss`` and every registered loss's flags to OpenCLIP's own parser, then checks them.
+"""Adds ``--loss`` and every registered loss's flags to OpenCLIP's own parser, then checks the flags.
 
 OpenCLIP's ``parse_args`` builds its ``ArgumentParser`` internally; for the duration of that call the
 first ``parse_args`` of any parser is intercepted so the plugin flags land on that very parser (one
-``--help``, one ``params.txt``). ``--loss`` is then an exact option, so ``--loss xsample`` can no
-longer be taken as an abbreviation of ``--loss-dist-impl``. After the loss's own checks, ``--resume``
-is checked against the run it continues (resume.py).
+``--help``, one ``params.txt``) and the result is a ``registry.RunArgs``: the marker that routes
+``create_loss`` into the registry, carrying the run's ``LossRun``. ``--loss`` is an exact option, so
+``--loss xsample`` can no longer be taken as an abbreviation of ``--loss-dist-impl``. Only checks of
+the flags themselves run here, on every rank alike; checks that read files or data run once the
+process group exists (startup.py).
 """
 import argparse
 import contextlib
@@ -13,8 +15,7 @@ import sys
 
 from xsample_openclip import registry
 
-from .resume import resume_problems
-from .version import unsupported_version_message
+from .version import changed_sources, unsupported_version_message
 
 
 @contextlib.contextmanager
@@ -24,12 +25,14 @@ def _plugin_flags_on_next_parser():
     def parse_with_plugin_flags(parser, args=None, namespace=None):
         argparse.ArgumentParser.parse_args = original  # one parser only
         registry.add_loss_arguments(parser)
-        parsed = original(parser, args, namespace)
-        problems = registry.validate_loss_args(parsed)
-        if not problems:
-            problems = resume_problems(parsed)
+        parsed = original(parser, args, namespace if namespace is not None else registry.RunArgs())
+        plugin = registry.load_plugin(parsed.loss)
+        problems = list(plugin.validate(parsed))
+        if parsed.loss != registry.DEFAULT_LOSS:
+            problems = changed_sources() + problems
         if problems:
             parser.exit(2, f"{parser.prog}: error: " + "\n  ".join(problems) + "\n")
+        parsed.loss_run = registry.LossRun(plugin)
         return parsed
 
     argparse.ArgumentParser.parse_args = parse_with_plugin_flags
@@ -40,7 +43,8 @@ def _plugin_flags_on_next_parser():
 
 
 def _asks_for_plugin(argv) -> bool:
-    return any(a == "--loss" or a.startswith(("--loss=", "--xsample-")) for a in argv)
+    return any(a == "--loss" or a.startswith(("--loss=", "--xsample-", registry.ALLOW_CHANGES_FLAG))
+               for a in argv)
 
 
 def wrap_parse_args(stock):

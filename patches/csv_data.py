@@ -10,16 +10,22 @@ single byte that is not UTF-8 anywhere in a multi-million-row file stops the run
   the file is opened), so no image goes missing.
 How many rows were affected, and how many captions are empty cells (which OpenCLIP turns into the
 text "nan"), is logged once per file at start-up. ``--loss clip`` keeps OpenCLIP's behaviour.
+
+The re-implemented ``__init__`` is OpenCLIP 3.3.0's, line for line apart from the reading; the version
+gate (version.py) compares a hash of OpenCLIP's source with the one it was written from and refuses a
+plugin loss if they differ, so a changed OpenCLIP is never silently overridden.
 """
 import contextlib
 import functools
 import logging
 
+from .version import changed_sources
+
 
 def _tolerant_dataset_class(stock_class):
     import pandas as pd
 
-    from xsample_openclip.captions import clean_caption_text
+    from xsample_openclip.targets.decode import clean_caption_text
 
     class TolerantCsvDataset(stock_class):
         def __init__(self, input_filename, transforms, img_key, caption_key, sep="\t", tokenizer=None):
@@ -65,7 +71,9 @@ def _swapped(module, name, value):
 def wrap_get_csv_dataset(stock):
     @functools.wraps(stock)
     def get_csv_dataset(args, *rest, **kwargs):
-        if getattr(args, "loss", "clip") == "clip":
+        from xsample_openclip import registry
+
+        if registry.loss_run(args) is None or args.loss == "clip" or changed_sources():
             return stock(args, *rest, **kwargs)
         from open_clip_train import data
 

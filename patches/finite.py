@@ -4,22 +4,32 @@ OpenCLIP 3.3.0 saves checkpoints only in ``main`` after ``train_one_epoch`` retu
 so raising inside the epoch keeps every checkpoint on disk as it was: the last one is the state before
 the epoch that went wrong, and ``--resume latest`` continues from it once the cause is fixed.
 
-Cost. Testing ``isfinite(loss).item()`` every step would make the host wait for the device at every
-step. Instead each loss call records, on the loss's device and without a sync, the first step whose
-total loss was not finite (a handful of element-wise kernels on 0-d tensors). That record is read
-(one ``.item()``) only where OpenCLIP itself calls ``.item()`` on the loss to log it (every
-``--log-every-n-steps`` steps and at the last step of the epoch) and once more when the epoch ends,
-before ``main`` can save. So no sync is added to steps that had none; the read at a logging step only
-moves OpenCLIP's own sync a few kernels earlier. Under ``torch.distributed`` the record is reduced
-(MIN) across ranks at those same points, so every rank stops together and no rank hangs in a
-collective. Between a non-finite step and the next check the optimizer may take up to
-``--log-every-n-steps`` bad steps; they only touch weights in memory, which are thrown away.
+What counts as fatal depends on the precision:
+- fp32, bf16 (``amp_bf16``), pure fp16: the first non-finite loss. Nothing will skip that step, so the
+  optimizer would write NaN into the weights.
+- ``--precision amp`` (fp16 autocast with OpenCLIP's GradScaler): an overflow is expected now and then;
+  the scaler skips the step (weights untouched) and halves its scale. A transient non-finite loss is
+  logged (how many steps were skipped) and training goes on. The run stops when the loss stays
+  non-finite for ``AMP_PATIENCE`` consecutive optimizer steps: the scaler has then halved its scale that
+  many times without a single finite step, so waiting longer only shrinks it further.
+
+Cost. Each loss call records, on the loss's device and without a synchronisation, the first bad step,
+the current streak of bad steps and how many steps were bad (a handful of element-wise kernels on 0-d
+tensors). The record is read only where OpenCLIP itself calls ``.item()`` on the loss to log it (every
+``--log-every-n-steps`` steps and at the epoch's last step) and once more when the epoch ends, before
+``main`` can save: one device-to-host read of 3 integers at points where the host already waits for
+the device. In a distributed run that read is preceded by one ``all_reduce`` (MIN) of those 3 integers
+across ranks, so every rank stops at the same check and none is left waiting in a collective: one
+extra small collective per logging step, no per-step synchronisation (``python -m xsample_openclip.bench
+--sections guard`` measures it on CPU gloo).
 """
 import logging
 
 import torch
 
-_NONE = 2 ** 62  # "no non-finite step yet"
+_NONE = 2 ** 62  # "no such step yet"
+#: With GradScaler (``--precision amp``): consecutive non-finite optimizer steps that stop the run.
+AMP_PATIENCE = 16
 
 FIXES = ("lower --lr (or raise --warmup), use --precision amp_bf16 instead of amp/fp16, add "
          "--grad-clip-norm 1.0, or raise --xsample-tau-s; then continue with --resume latest")
@@ -30,13 +40,13 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class FiniteLossGuard:
-    """Wraps the loss ``train_one_epoch`` calls; records the first non-finite step; raises at checks.
+    """Wraps the loss ``train_one_epoch`` calls; records non-finite steps; raises at checks.
 
-    Attribute access (``needs_tokens``, ``caption_embedder``, ...) goes to the wrapped loss.
+    Attribute access goes to the wrapped loss.
     """
 
     def __init__(self, loss, epoch, batches_per_epoch, accum_freq=1, log_every_n_steps=100,
-                 checkpoint_path=None, distributed=False):
+                 checkpoint_path=None, distributed=False, grad_scaler=False, patience=AMP_PATIENCE):
         object.__setattr__(self, "_loss", loss)
         self._epoch = epoch
         self._batches = max(1, batches_per_epoch)
@@ -44,9 +54,13 @@ class FiniteLossGuard:
         self._log_every = max(1, log_every_n_steps)
         self._checkpoint_path = checkpoint_path
         self._distributed = distributed
+        self._patience = patience if grad_scaler else 1
+        self._grad_scaler = grad_scaler
         self._calls = 0
-        self._first_step = None   # 0-d int64 on the loss's device
-        self._first_value = None  # 0-d float32: the loss value at that step
+        self._state = None       # int64 [first bad step, first step of a fatal streak, -bad steps], on device
+        self._streak = None      # int64 0-d: current run of bad steps
+        self._step_bad = None    # bool 0-d: any bad call in the current optimizer step
+        self._first_value = None
 
     def __getattr__(self, name):
         return getattr(self._loss, name)
@@ -63,43 +77,70 @@ class FiniteLossGuard:
         self._calls += 1
         batch = call // self._accum
         total = sum(losses.values()) if isinstance(losses, dict) else losses
-        self._record(total.detach(), self._batches * self._epoch + batch)
         last_call_of_step = call % self._accum == self._accum - 1
+        self._record(total.detach(), self._batches * self._epoch + batch, last_call_of_step)
         if last_call_of_step and (batch % self._log_every == 0 or batch + 1 == self._batches):
             self.check()
         return losses
 
-    def _record(self, total, step):
+    def _record(self, total, step, end_of_step):
         with torch.no_grad():
             total = total.float()
-            if self._first_step is None:
-                self._first_step = torch.full((), _NONE, dtype=torch.long, device=total.device)
-                self._first_value = torch.zeros((), dtype=torch.float32, device=total.device)
-            new = ~torch.isfinite(total) & (self._first_step == _NONE)
-            self._first_step = torch.where(new, step, self._first_step)
-            self._first_value = torch.where(new, total, self._first_value)
+            device = total.device
+            if self._state is None:
+                self._state = torch.tensor([_NONE, _NONE, 0], dtype=torch.long, device=device)
+                self._streak = torch.zeros((), dtype=torch.long, device=device)
+                self._step_bad = torch.zeros((), dtype=torch.bool, device=device)
+                self._first_value = torch.zeros((), dtype=torch.float32, device=device)
+            bad = ~torch.isfinite(total)
+            new_first = bad & (self._state[0] == _NONE)
+            self._first_value = torch.where(new_first, total, self._first_value)
+            self._state[0] = torch.where(new_first, step, self._state[0])
+            self._step_bad = self._step_bad | bad
+            if not end_of_step:
+                return
+            self._streak = torch.where(self._step_bad, self._streak + 1, 0)
+            self._state[2] -= self._step_bad.long()
+            fatal = (self._streak >= self._patience) & (self._state[1] == _NONE)
+            self._state[1] = torch.where(fatal, step - self._patience + 1, self._state[1])
+            self._step_bad = torch.zeros_like(self._step_bad)
 
     def check(self):
-        """Synchronise once; raise ``NonFiniteLossError`` if any rank saw a non-finite loss."""
-        if self._first_step is None:
+        """Read the record (one small all_reduce first when distributed); raise if the run must stop."""
+        if self._state is None:
             if not self._distributed:
                 return
-            first = torch.full((), _NONE, dtype=torch.long, device=_collective_device())
+            state = torch.tensor([_NONE, _NONE, 0], dtype=torch.long, device=_collective_device())
         else:
-            first = self._first_step.clone()
+            state = self._state.clone()
         if self._distributed:
-            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
-        step = int(first.item())
-        if step == _NONE:
-            return
+            torch.distributed.all_reduce(state, op=torch.distributed.ReduceOp.MIN)
+        first, fatal, minus_bad = state.tolist()
+        if fatal != _NONE:
+            self._stop(first, fatal)
+        if minus_bad and self._grad_scaler:
+            logging.warning(
+                f"{-minus_bad} optimizer step(s) up to epoch {self._epoch} had a non-finite loss (fp16 overflow, "
+                f"first at step {first}); GradScaler skipped them and lowered its scale. Training goes on; it "
+                f"stops if {self._patience} consecutive steps are non-finite.")
+            if self._state is not None:
+                self._state[2] = 0
+
+    def _stop(self, first, fatal):
         value = "not finite"
-        if self._first_step is not None and int(self._first_step.item()) == step:
-            value = str(float(self._first_value.item()))
+        if self._state is not None and int(self._state[0]) == first:
+            value = str(float(self._first_value))
+        step = fatal if self._grad_scaler else first
         epoch, batch = divmod(step, self._batches)
         where = (f"the last checkpoint in {self._checkpoint_path} is untouched" if self._checkpoint_path
                  else "no checkpoint was written after it")
-        message = (f"training loss was {value} at step {step} (epoch {epoch}, batch {batch + 1} of "
-                   f"{self._batches}); stopping before the epoch ends, so {where}. Possible fixes: {FIXES}.")
+        if self._grad_scaler:
+            what = (f"training loss was non-finite for {self._patience} consecutive steps from step {step} "
+                    f"(epoch {epoch}, batch {batch + 1} of {self._batches}; the first non-finite value, "
+                    f"{value}, at step {first}): GradScaler skipped every one of them")
+        else:
+            what = f"training loss was {value} at step {step} (epoch {epoch}, batch {batch + 1} of {self._batches})"
+        message = f"{what}; stopping before the epoch ends, so {where}. Possible fixes: {FIXES}."
         logging.error(message)
         raise NonFiniteLossError(message)
 

@@ -1,68 +1,108 @@
-"""Around ``train_one_epoch``: token ids for the loss, a finiteness guard, and the odd-caption summary.
+"""Around ``train_one_epoch``: the batch's token ids for plugin losses, a finiteness guard, the epoch hook.
 
-Token ids: ``train_one_epoch`` calls ``model(images, texts)`` and passes the model's output dict to the
-loss (``loss(**model_out)``); in the ``--accum-freq`` path it concatenates every output key across
-micro-batches. So a thin proxy around the model that adds the texts to that dict delivers them to
-the loss, aligned with the features in every mode. No parameter or buffer is added: the checkpoint,
-``evaluate()`` and zero-shot see the bare model.
+Token ids. ``train_one_epoch`` moves each batch to the device and calls ``model(images, texts)``; the
+model's output dict goes to the loss (``loss(**model_out)``), and in the ``--accum-freq`` path every
+output key is concatenated across micro-batches. So the loop is given (1) a view of the data loader
+that notes each batch's token tensor as the loader made it, on the host, and (2) a thin proxy around
+the model that adds that host tensor to the output dict under ``registry.BATCH_TOKENS``. The proxy
+matches a device tensor to its host tensor by identity: the micro-batches the accumulation path
+forwards again are the very tensor objects it forwarded first. No device tensor is ever read back, and
+no parameter or buffer is added: the checkpoint, ``evaluate()`` and zero-shot see the bare model.
 
 With a plugin loss (``--loss`` other than ``clip``) the loss is also wrapped in ``FiniteLossGuard``
-(finite.py: a NaN/inf loss stops the run, naming the step, before ``main`` saves), and the caption
-embedder's odd-caption counts are logged (summed over ranks) when the epoch ends.
+(finite.py), and ``PluginLoss.end_epoch`` is called when the epoch's steps are done.
 """
+import dataclasses
 import functools
 import inspect
-import logging
+from collections import OrderedDict
 
 import torch
 
-from xsample_openclip.loss import TOKENS_KEY
+from xsample_openclip import registry
 
 from .finite import FiniteLossGuard
 
 
 class TokenTap:
-    """Calls the model and adds the batch's token ids to its output dict under ``xsample_tokens``."""
+    """Pairs each batch's token tensor as the loader made it with the tensor the model is called with."""
 
-    def __init__(self, model):
+    def __init__(self, keep: int = 64):
+        self._pending = None
+        self._known = OrderedDict()  # id(text the model saw) -> (that tensor, the loader's host tensor)
+        self._keep = keep
+
+    def loader_batch(self, texts) -> None:
+        self._pending = texts
+
+    def host_tokens(self, text):
+        entry = self._known.get(id(text))
+        if entry is not None and entry[0] is text:
+            return entry[1]
+        if self._pending is None:
+            return None
+        host, self._pending = self._pending, None
+        self._known[id(text)] = (text, host)
+        while len(self._known) > self._keep:
+            self._known.popitem(last=False)
+        return host
+
+
+class RecordingLoader:
+    """Iterates the wrapped loader unchanged, telling the tap each batch's host token tensor."""
+
+    def __init__(self, loader, tap: TokenTap):
+        self._loader = loader
+        self._tap = tap
+
+    def __iter__(self):
+        for batch in self._loader:
+            self._tap.loader_batch(batch[1])
+            yield batch
+
+    def __len__(self):
+        return len(self._loader)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class TokenModel:
+    """Calls the model and adds the batch's host token ids to its output dict."""
+
+    def __init__(self, model, tap: TokenTap):
         object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_tap", tap)
 
     def __call__(self, image=None, text=None, *args, **kwargs):
         out = self._model(image, text, *args, **kwargs)
         if text is not None and isinstance(out, dict):
-            out[TOKENS_KEY] = text
+            host = self._tap.host_tokens(text)
+            out[registry.BATCH_TOKENS] = host if host is not None else text
         return out
 
     def __getattr__(self, name):
-        return getattr(self._model, name)
+        value = getattr(self._model, name)
+        if name == "module" and isinstance(value, torch.nn.Module):  # evaluate() unwraps DDP itself
+            return TokenModel(value, self._tap)
+        return value
 
     def __setattr__(self, name, value):
         setattr(self._model, name, value)
 
 
+def with_token_tap(model, data, split):
+    """(model proxy, data dict whose ``split`` loader reports its host token tensors)."""
+    tap = TokenTap()
+    info = data[split]
+    data = dict(data)
+    data[split] = dataclasses.replace(info, dataloader=RecordingLoader(info.dataloader, tap))
+    return TokenModel(model, tap), data
+
+
 def _distributed(args) -> bool:
     return bool(getattr(args, "distributed", False)) and torch.distributed.is_available() \
         and torch.distributed.is_initialized()
-
-
-def log_caption_stats(loss, epoch, args) -> None:
-    """Log (on the master rank) the caption embedder's odd-caption counts for this epoch, then reset."""
-    embedder = getattr(loss, "caption_embedder", None)
-    stats = getattr(embedder, "stats", None)
-    if stats is None:
-        return
-    from xsample_openclip.captions import CaptionStats, describe_caption_stats
-
-    counts = stats.take()
-    if _distributed(args):
-        device = torch.device(args.device) if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
-        total = torch.tensor([counts[f] for f in CaptionStats.FIELDS], dtype=torch.long, device=device)
-        torch.distributed.all_reduce(total)
-        counts = dict(zip(CaptionStats.FIELDS, total.tolist()))
-    if getattr(args, "rank", 0) == 0:
-        decoder = getattr(embedder, "decoder", None)
-        logging.info(f"X-Sample captions, epoch {epoch}: " + describe_caption_stats(
-            counts, getattr(decoder, "context_length", 0), getattr(embedder, "text_checked", True)))
 
 
 def wrap_train_one_epoch(stock):
@@ -72,23 +112,22 @@ def wrap_train_one_epoch(stock):
     def train_one_epoch(*call_args, **call_kwargs):
         bound = signature.bind(*call_args, **call_kwargs)
         model, data, loss, epoch, args = (bound.arguments[k] for k in ("model", "data", "loss", "epoch", "args"))
-        if getattr(loss, "needs_tokens", False):
-            bound.arguments["model"] = TokenTap(model)
+        plugin_loss = loss if isinstance(loss, registry.PluginLoss) else None
+        if plugin_loss is not None and plugin_loss.needs_batch_tokens:
+            bound.arguments["model"], bound.arguments["data"] = with_token_tap(model, data, "train")
         guard = None
-        if getattr(args, "loss", "clip") != "clip":
+        if registry.loss_run(args) is not None and getattr(args, "loss", "clip") != "clip":
             accum = max(1, getattr(args, "accum_freq", 1))
             guard = FiniteLossGuard(
                 loss, epoch, data["train"].dataloader.num_batches // accum, accum,
                 getattr(args, "log_every_n_steps", 100), getattr(args, "checkpoint_path", None),
-                distributed=_distributed(args))
+                distributed=_distributed(args), grad_scaler=bound.arguments.get("scaler") is not None)
             bound.arguments["loss"] = guard
-            stats = getattr(getattr(loss, "caption_embedder", None), "stats", None)
-            if stats is not None:
-                stats.calls_per_batch = accum  # the accum_freq path calls the loss k times per batch
         result = stock(*bound.args, **bound.kwargs)
         if guard is not None:
             guard.check()  # before main can save this epoch's checkpoint
-            log_caption_stats(loss, epoch, args)
+        if plugin_loss is not None:
+            plugin_loss.end_epoch(epoch, args)
         return result
 
     return train_one_epoch

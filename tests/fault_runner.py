@@ -27,7 +27,7 @@ class FaultyModel:
     def __call__(self, image=None, text=None, *args, **kwargs):
         import torch
 
-        from xsample_openclip.captions import token_keys
+        from xsample_openclip.targets.keys import token_keys
 
         batch, fault = self._batch, self._fault
         if torch.is_grad_enabled():  # accum_freq > 1 also calls the model without grad first

@@ -4,10 +4,13 @@ import pytest
 import torch
 from open_clip import get_tokenizer
 
-from xsample_openclip.captions import OnlineCaptionEmbeddings, TableCaptionEmbeddings, TokenDecoder, token_keys
-from xsample_openclip.encoders import SentenceEncoder
-from xsample_openclip.precompute import build_table, check_table, iter_captions
-from xsample_openclip.table import EmbeddingTable, MissingCaptionsError
+from xsample_openclip.targets.decode import TokenDecoder
+from xsample_openclip.targets.embedders import OnlineCaptionEmbeddings, TableCaptionEmbeddings
+from xsample_openclip.targets.keys import token_keys
+from xsample_openclip.targets.encoders import SentenceEncoder
+from xsample_openclip.precompute import build_table, check_table
+from xsample_openclip.targets.sources import iter_captions
+from xsample_openclip.targets.table import EmbeddingTable, MissingCaptionsError
 
 
 @pytest.fixture(scope="module")

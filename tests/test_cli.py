@@ -65,7 +65,7 @@ def test_webdataset_run_with_gradient_accumulation(tmp_path, wds_data):
 
 def test_hook_free_entry_module(tmp_path, csv_data):
     assert_trained_xsample(train(tmp_path, csv_args(csv_data), "--loss", "xsample",
-                                 entry=("-m", "xsample_openclip.train")))
+                                 entry=("-m", "xsample_openclip.launch")))
 
 
 def test_torchrun_launch(tmp_path, csv_data):

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from xsample_openclip.data.captions import ZEROSHOT_TEMPLATES, train_caption, with_article
+from xsample_openclip.data.emoji_captions import ZEROSHOT_TEMPLATES, train_caption, with_article
 from xsample_openclip.data.catalog import load_catalog
 from xsample_openclip.data.concepts import CONCEPTS, OTHER_NOUNS, concept_index
 from xsample_openclip.data.openmoji_font import OpenMojiFont

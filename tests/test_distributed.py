@@ -15,7 +15,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from xsample_openclip.loss import XSampleLoss, _masked_soft_cross_entropy, soft_cross_entropy, soft_targets
+from xsample_openclip.losses.fused_softmax import masked_soft_cross_entropy, soft_cross_entropy
+from xsample_openclip.losses.graph import softmax_targets as soft_targets
+from xsample_openclip.losses.softmax import XSampleLoss
 
 WORLD = 2
 PER_RANK = 3
@@ -75,7 +77,7 @@ def single_process(local_rows_only_for=None):
     image_target = soft_targets(cap[rows], cap, SETTINGS["tau_s"], start, mask_self=True)
     image_logits = scale * i @ img.T
     image_logits[torch.arange(PER_RANK), torch.arange(PER_RANK) + start] = float("-inf")
-    loss = contrastive + SETTINGS["image_weight"] * _masked_soft_cross_entropy(image_logits, image_target)
+    loss = contrastive + SETTINGS["image_weight"] * masked_soft_cross_entropy(image_logits, image_target)
     loss.backward()
     return loss.detach(), i.grad, t.grad
 

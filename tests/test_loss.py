@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from xsample_openclip.loss import XSampleLoss, soft_targets
+from xsample_openclip.losses.graph import softmax_targets as soft_targets
+from xsample_openclip.losses.softmax import XSampleLoss
 
 
 def unit(x):

@@ -1,20 +1,28 @@
-"""Every refusal happens at argument parsing, before a log folder or a step exists, with a message
-that names the problem and the fix; and --loss is never mistaken for --loss-dist-impl."""
+"""Every refusal happens before a log folder or a step exists, with a message that names the problem
+and the fix: flag checks at argument parsing, file checks at start-up (right after
+``init_distributed_device``); and --loss is never mistaken for --loss-dist-impl."""
 import subprocess
 import sys
 
 import pytest
-from open_clip_train import params
+from open_clip_train import distributed, params
 
 from xsample_openclip import registry
 from xsample_openclip.patches import version
 
-BASE = ["--train-data", "x.csv", "--model", "xs-tiny-vit-32"]
+BASE = ["--train-data", "x.csv", "--model", "xs-tiny-vit-32", "--device", "cpu"]
+
+
+def start(argv):
+    """What main does first: parse, then init_distributed_device (where start-up checks run)."""
+    args = params.parse_args(argv)
+    distributed.init_distributed_device(args)
+    return args
 
 
 def refused(capsys, *argv):
     with pytest.raises(SystemExit) as exc:
-        params.parse_args([*BASE, *argv])
+        start([*BASE, *argv])
     assert exc.value.code not in (0, None)
     return capsys.readouterr().err + (exc.value.code if isinstance(exc.value.code, str) else "")
 

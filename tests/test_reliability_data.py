@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 from open_clip import get_tokenizer
-from open_clip_train import params
+from open_clip_train import distributed, params
 
 import tiny_data
 from fault_runner import MODEL, csv_args, run_main, train_argv
-from xsample_openclip import plugin
-from xsample_openclip.captions import OnlineCaptionEmbeddings, TokenDecoder
-from xsample_openclip.precompute import build_table, iter_captions, sample_captions
-from xsample_openclip.table import EmbeddingTable
+from xsample_openclip.targets.decode import TokenDecoder
+from xsample_openclip.targets.embedders import OnlineCaptionEmbeddings
+from xsample_openclip.precompute import build_table
+from xsample_openclip.targets.sources import iter_captions, sample_captions
+from xsample_openclip.targets.table import EmbeddingTable
 
 LONG = "a photo of " + " ".join(["a very long and winding road"] * 40)  # ~240 words, far past 32 tokens
 
@@ -225,9 +226,16 @@ def tables(tmp_path_factory, csv_data):
     return {k: str(v.path) for k, v in made.items()}
 
 
+def start(argv):
+    """What main does first: parse, then init_distributed_device (where the table checks run)."""
+    args = params.parse_args(argv)
+    distributed.init_distributed_device(args)
+    return args
+
+
 def parse(csv, *argv):
-    return params.parse_args(["--train-data", str(csv), "--dataset-type", "csv", "--model", MODEL,
-                              "--loss", "xsample", *argv])
+    return start(["--train-data", str(csv), "--dataset-type", "csv", "--model", MODEL, "--device", "cpu",
+                  "--loss", "xsample", *argv])
 
 
 def refused(capsys, csv, *argv):
@@ -239,9 +247,9 @@ def refused(capsys, csv, *argv):
 
 def test_matching_table_is_accepted_and_the_check_is_logged(tables, csv_data):
     args = parse(csv_data, "--xsample-embeddings", tables["good"])
-    assert plugin._TABLE_CHECKS.pop(tables["good"]) == (
+    assert args.loss_run.notes == [
         f"--xsample-embeddings {tables['good']} has all 64 training captions checked (64 distinct, from "
-        "1 of 1 source(s); --xsample-check-captions 10000)")
+        "1 of 1 source(s); 64 captions read; --xsample-check-captions 10000)"]
     assert args.xsample_embeddings == tables["good"]
 
 
@@ -295,15 +303,17 @@ def test_corrupt_or_inconsistent_table_is_refused(tables, csv_data, capsys, tmp_
 
 
 def test_table_check_on_local_shards_survives_corrupt_ones(tmp_path, bad_shards, capsys):
-    captions, report = sample_captions(bad_shards, 10_000, "webdataset")
-    assert report["sources_read"] == 4 and len(report["unreadable_shards"]) >= 2 and len(captions) > 16
+    captions, info = sample_captions(bad_shards, 10_000, "webdataset")
+    report = info["report"]
+    assert info["sources_read"] == 4 and len(report.unreadable_sources) >= 2 and len(captions) > 16
     table = build_table(tmp_path / "t", iter(captions[:-3]), get_tokenizer(MODEL), StubEncoder(), MODEL)
     with pytest.raises(SystemExit):
-        params.parse_args(["--train-data", bad_shards, "--dataset-type", "webdataset", "--model", MODEL,
-                           "--loss", "xsample", "--xsample-embeddings", str(table.path)])
+        start(["--train-data", bad_shards, "--dataset-type", "webdataset", "--model", MODEL, "--device", "cpu",
+               "--loss", "xsample", "--xsample-embeddings", str(table.path)])
     err = capsys.readouterr().err
     assert re.search(r"is missing 3 of the \d+ distinct captions among \d+ training captions checked "
-                     r"\(\d+ distinct, from 4 of 4 source\(s\), \d+ of them unreadable", err), err
+                     r"\(\d+ distinct, from 4 of 4 source\(s\); \d+ captions read; 1 webdataset .txt member\(s\) skipped: "
+                     r"not valid UTF-8 .*; 2 source\(s\) unreadable", err), err
 
 
 def test_refused_table_stops_the_real_main_before_the_log_folder(tables, csv_data, tmp_path):

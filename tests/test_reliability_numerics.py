@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fault_runner import csv_args, run_main, train_argv
-from xsample_openclip.loss import XSampleLoss, soft_targets
+from xsample_openclip.losses.graph import softmax_targets as soft_targets
+from xsample_openclip.losses.softmax import XSampleLoss
 from xsample_openclip.patches.finite import FiniteLossGuard, NonFiniteLossError
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from open_clip_train import params
+from open_clip_train import distributed, params
 
 import fault_runner
 from fault_runner import csv_args, run_main, train_argv
@@ -137,8 +137,11 @@ def run_params(run):
 
 
 def parse(root, *argv, name="killed"):
-    return params.parse_args(["--train-data", "x.csv", "--model", fault_runner.MODEL, f"--logs={root / 'logs'}",
-                              "--name", name, *argv])
+    """Parse and run the start-up checks (where the resume check lives), as main does first."""
+    args = params.parse_args(["--train-data", "x.csv", "--model", fault_runner.MODEL, f"--logs={root / 'logs'}",
+                              "--name", name, "--device", "cpu", *argv])
+    distributed.init_distributed_device(args)
+    return args
 
 
 def refusal(capsys, root, *argv, **kw):
@@ -154,7 +157,7 @@ def test_resume_with_other_xsample_settings_is_refused_naming_each_change(root, 
     assert "--xsample-tau-s: 0.2 in that run, 0.4 now" in err
     assert "--xsample-clip-weight: 0.0 in that run, 0.5 now" in err
     assert str(root / "logs" / "killed" / "params.txt") in err
-    assert "--xsample-allow-changed-settings" in err and "new --name" in err
+    assert "--resume-allow-loss-changes" in err and "new --name" in err
 
 
 def test_resume_that_forgets_the_loss_is_refused_instead_of_training_plain_clip(root, capsys):
@@ -175,15 +178,13 @@ def test_settings_that_change_no_number_may_change(root):
 
 
 def test_override_flag_allows_the_change_and_logs_it(root, caplog):
-    from xsample_openclip.patches import resume as resume_patch
-
     args = parse(root, "--resume", "latest", "--loss", "xsample", "--xsample-tau-s", "0.4",
-                 "--xsample-allow-changed-settings")
+                 "--resume-allow-loss-changes")
     assert args.xsample_tau_s == 0.4
-    with caplog.at_level("WARNING"):
-        resume_patch.log_allowed_changes()
+    with caplog.at_level("INFO"):
+        args.loss_run.log_notes()
     assert "--xsample-tau-s: 0.2 in that run, 0.4 now" in caplog.text
-    assert "--xsample-allow-changed-settings" in caplog.text
+    assert "--resume-allow-loss-changes" in caplog.text
 
 
 def test_a_run_without_checkpoints_or_from_stock_open_clip(tmp_path, capsys):

@@ -26,7 +26,6 @@ import logging
 import multiprocessing
 import shutil
 import sys
-import tarfile
 import time
 from collections import deque
 from pathlib import Path
@@ -35,99 +34,15 @@ from typing import Iterator, List
 import numpy as np
 from tqdm import tqdm
 
-from .captions import TokenDecoder, clean_caption_text, token_keys
-from .table import EMBEDDINGS, KEYS, EmbeddingTable, write_meta
+from .targets.decode import TokenDecoder
+from .targets.keys import token_keys
+from .targets.sources import READ_CHUNK, ReadReport, iter_captions
+from .targets.table import EMBEDDINGS, KEYS, EmbeddingTable, table_meta, write_meta
 
 PROGRESS = "progress.json"
 SCAN_DIR = "scan"
-READ_CHUNK = 4096
 #: Progress bars (rate and ETA) on stderr; ``xsample_openclip.bench`` turns them off.
 PROGRESS_BARS = True
-
-
-def expand_sources(train_data: str) -> List[str]:
-    """OpenCLIP's ``--train-data`` syntax: ``::`` between sources, braces inside each."""
-    import braceexpand
-
-    return [p for src in train_data.split("::") for p in braceexpand.braceexpand(src)]
-
-
-def _source_kind(source, dataset_type="auto"):
-    if dataset_type == "auto":
-        return {"csv": "csv", "tsv": "csv", "tar": "webdataset"}.get(source.rsplit(".", 1)[-1])
-    return dataset_type
-
-
-def _iter_source(source, kind, caption_key="title", separator="\t") -> Iterator[str]:
-    """One source's captions as OpenCLIP's loader hands them to the tokenizer."""
-    if kind == "csv":
-        import pandas as pd
-
-        # as the plugin's CSV loader reads it (patches/csv_data.py): bytes that are not UTF-8 become
-        # U+FFFD, an empty cell becomes the text "nan" (OpenCLIP's str(caption))
-        for chunk in pd.read_csv(source, sep=separator, usecols=[caption_key], chunksize=READ_CHUNK,
-                                 encoding_errors="surrogateescape"):
-            yield from (str(clean_caption_text(c)) for c in chunk[caption_key])
-    elif kind == "webdataset":
-        with tarfile.open(source, "r|*") as tar:
-            for member in tar:
-                if member.isfile() and member.name.rsplit(".", 1)[-1] == "txt":
-                    yield tar.extractfile(member).read().decode("utf-8")
-    else:
-        raise ValueError(f"cannot tell the dataset type of {source!r}; pass --dataset-type csv|webdataset")
-
-
-def iter_captions(train_data, dataset_type="auto", caption_key="title", separator="\t") -> Iterator[str]:
-    """Every caption of ``--train-data``, source after source, streamed."""
-    for source in expand_sources(train_data):
-        yield from _iter_source(source, _source_kind(source, dataset_type), caption_key, separator)
-
-
-def _spread(n):
-    """0..n-1 in an order that covers the range evenly early on (0, n/2, n/4, 3n/4, ...)."""
-    seen, order, step = set(), [], 1
-    while len(order) < n:
-        for i in range(step):
-            j = (i * n) // step
-            if j not in seen:
-                seen.add(j)
-                order.append(j)
-        step *= 2
-    return order
-
-
-def sample_captions(train_data, limit, dataset_type="auto", caption_key="title", separator="\t",
-                    per_source=256):
-    """Up to ``limit`` captions (all when ``limit < 0``) from the local sources of ``--train-data``.
-
-    Sources are visited spread over the list (first, middle, quarters, ...), at most
-    ``max(per_source, limit / sources)`` captions from each, so a sample sees many shards without
-    opening all of them. Remote or missing sources are counted, not read; a source that fails to read
-    is listed in ``unreadable_shards`` (captions read before the failure are kept).
-    Returns ``(captions, report)``.
-    """
-    sources = expand_sources(train_data)
-    local = [s for s in sources if Path(s).is_file()]
-    report = {"sources": len(sources), "remote_or_missing": len(sources) - len(local), "sources_read": 0,
-              "unreadable_shards": []}
-    captions = []
-    quota = None if limit < 0 else max(per_source, -(-limit // max(len(local), 1)))
-    for i in _spread(len(local)):
-        if 0 <= limit <= len(captions):
-            break
-        source = local[i]
-        report["sources_read"] += 1
-        want = None if limit < 0 else min(quota, limit - len(captions))
-        try:
-            for k, caption in enumerate(_iter_source(source, _source_kind(source, dataset_type), caption_key,
-                                                     separator)):
-                if want is not None and k >= want:
-                    break
-                captions.append(caption)
-        except (OSError, tarfile.TarError, UnicodeDecodeError, ValueError, KeyError) as err:
-            logging.warning(f"could not read captions of {source}: {err}")
-            report["unreadable_shards"].append(source)
-    return captions, report
 
 
 def _chunks(captions: Iterator[str], size=READ_CHUNK):
@@ -299,8 +214,7 @@ def build_table(out, captions, tokenizer, encoder, model_name, dtype="float16", 
             bar.update(len(batch))
     t_embed = time.perf_counter() - t1
     del emb
-    meta = {"encoder": encoder.name, "model": model_name, "tokenizer": type(tokenizer).__name__,
-            "context_length": int(getattr(tokenizer, "context_length", 0) or 0), "captions_read": scan.total}
+    meta = table_meta(tokenizer, encoder.name, model_name, captions_read=scan.total)
     write_meta(out, meta, count=len(keys), dim=encoder.dim, dtype=dtype)
     progress_file.unlink()
     scan.remove()
@@ -367,19 +281,24 @@ def main(argv=None):
 
     model_configs.register()
     tokenizer = get_tokenizer(args.model, context_length=args.force_context_length)
-    captions = iter_captions(args.train_data, args.dataset_type, args.csv_caption_key, args.csv_separator)
+    read = ReadReport()
+    captions = iter_captions(args.train_data, args.dataset_type, args.csv_caption_key, args.csv_separator, read)
     if args.check:
         report = check_table(EmbeddingTable(args.out), captions, tokenizer, workers=args.workers, details=True)
+        report["skipped_not_utf8"] = read.skipped_not_utf8
+        report["unreadable_sources"] = len(read.unreadable_sources)
+        logging.info(read.summary())
         print(json.dumps(report))
         if report["missing_distinct"]:
             logging.info(f"{report['missing']} of {report['captions']} training captions "
                          f"({report['missing_distinct']} of {report['distinct']} distinct) are missing from "
                          f"{args.out}: rebuild it over this --train-data with the same --model")
         return 1 if report["missing_distinct"] else 0
-    from .encoders import SentenceEncoder
+    from .targets.encoders import SentenceEncoder
 
     build_table(args.out, captions, tokenizer, SentenceEncoder(args.encoder, device=args.device),
                 args.model, dtype=args.dtype, chunk=args.batch_size, workers=args.workers)
+    logging.info(read.summary())
     return 0
 
 

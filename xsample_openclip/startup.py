@@ -1,9 +1,76 @@
 """Run at interpreter start-up by ``xsample_openclip_hook.pth`` (installed into site-packages).
 
-It imports nothing heavy: it only asks to patch OpenCLIP's modules when (and if) they get imported,
-so ``python -m open_clip_train.main --loss xsample`` and ``torchrun ... -m open_clip_train.main``
-find the plugin, and every other program pays nothing.
+Every Python process of the environment runs this (pip, pytest, data-loader workers), so it imports
+nothing but this module and the stdlib modules Python has already loaded at start-up: it puts one
+small finder first on ``sys.meta_path`` that recognises the few OpenCLIP modules the plugin patches
+(``patches.PATCHES``). When one of them is imported, the finder lets the normal finders locate it,
+wraps its loader, and once the module has executed applies the patch. A process that never imports
+OpenCLIP pays for a set lookup per import and nothing else. ``XSAMPLE_OPENCLIP_DISABLE=1`` turns it off.
 """
-from xsample_openclip.patches import register_import_hooks
+import os
+import sys
 
-register_import_hooks()
+#: Module names whose import triggers a patch (kept in step with ``patches.PATCHES``; a test checks).
+WATCHED = frozenset({"open_clip", "open_clip_train.params", "open_clip_train.distributed",
+                     "open_clip_train.train", "open_clip_train.data"})
+
+
+class _PatchingLoader:
+    """Delegates to the real loader; applies the module's patch after it has executed."""
+
+    def __init__(self, loader, name):
+        self._loader = loader
+        self._name = name
+
+    def create_module(self, spec):
+        create = getattr(self._loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        module.__loader__ = self._loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        from xsample_openclip.patches import apply
+
+        apply(self._name, module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class PatchOnImport:
+    """A ``sys.meta_path`` finder that only ever answers for the watched OpenCLIP modules."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in WATCHED:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _PatchingLoader(spec.loader, name)
+        return spec
+
+
+def install_hook() -> None:
+    """Put the finder first on ``sys.meta_path`` (idempotent); patch modules already imported."""
+    if any(isinstance(f, PatchOnImport) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, PatchOnImport())
+    already = [name for name in WATCHED if name in sys.modules]
+    if already:
+        from xsample_openclip.patches import apply
+
+        for name in already:
+            apply(name, sys.modules[name])
+
+
+if os.environ.get("XSAMPLE_OPENCLIP_DISABLE", "") not in ("1", "true", "yes"):
+    install_hook()

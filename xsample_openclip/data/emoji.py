@@ -34,73 +34,27 @@ open-source emoji and icon project. License: CC BY-SA 4.0"); names, groups and s
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
-from .captions import ZEROSHOT_TEMPLATES
+from .build import build_cached, sha256_of
 from .catalog import catalog_source, load_catalog
 from .concepts import CONCEPTS
+from .demo_data import DemoData
+from .emoji_captions import ZEROSHOT_TEMPLATES
 from .params import DemoParams
-from .selection import select_and_split
+from .selection import select_and_split, split_held_out
 from .sets import (BG_VARIANTS, Renderer, balanced_jobs, build_bg_variants, build_cls, build_retrieval,
                    build_train)
 
 __all__ = ["BG_VARIANTS", "DemoData", "DemoParams", "build_demo_data", "describe", "main"]
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 CLS_SET, RET_SET = "emoji_cls", "emoji_ret"
-MANIFEST = "manifest.json"
-
-
-@dataclass
-class DemoData:
-    """Paths and counts the trainer and clip_benchmark need; ``train_args()``/``eval_args()`` spell them out."""
-
-    root: Path
-    train_shards: str  # brace pattern for --train-data
-    train_num_samples: int
-    train_csv: Path | None
-    eval_sets: dict[str, Path]  # clip_benchmark set name -> --dataset_root
-    eval_tasks: dict[str, str]  # set name -> zeroshot_classification | zeroshot_retrieval
-    classnames: list[str]
-    bg_sets: dict[str, str]  # background variant -> set name
-    manifest_path: Path
-    params: DemoParams = field(default_factory=DemoParams)
-
-    def train_args(self, csv: bool = False) -> list[str]:
-        """OpenCLIP trainer flags for this data (``csv=True``: the bit-reproducible CSV loader)."""
-        if csv:
-            return ["--train-data", str(self.train_csv), "--dataset-type", "csv",
-                    "--csv-img-key", "filepath", "--csv-caption-key", "title"]
-        return ["--train-data", self.train_shards, "--train-num-samples", str(self.train_num_samples),
-                "--dataset-type", "webdataset"]
-
-    def eval_args(self, name: str) -> list[str]:
-        """clip_benchmark ``eval`` flags for one set (add model, output and batch flags)."""
-        return ["--dataset", f"wds/{name}", "--dataset_root", str(self.eval_sets[name]),
-                "--task", self.eval_tasks[name]]
-
-    @classmethod
-    def from_manifest(cls, root: Path, manifest: dict) -> "DemoData":
-        sets = manifest["eval_sets"]
-        return cls(
-            root=root,
-            train_shards=str(root / manifest["train"]["shards"]),
-            train_num_samples=manifest["train"]["num_samples"],
-            train_csv=root / manifest["train"]["csv"] if manifest["train"]["csv"] else None,
-            eval_sets={name: root / info["path"] for name, info in sets.items()},
-            eval_tasks={name: info["task"] for name, info in sets.items()},
-            classnames=list(manifest["classes"]),
-            bg_sets=dict(manifest["bg_sets"]),
-            manifest_path=root / MANIFEST,
-            params=DemoParams(**manifest["params"]),
-        )
+SPLITS = ("val", "test")
 
 
 def cache_key(params: DemoParams) -> dict:
@@ -117,41 +71,6 @@ def cache_key(params: DemoParams) -> dict:
     }
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _read_manifest(root: Path) -> dict | None:
-    try:
-        return json.loads((root / MANIFEST).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _cached(root: Path, params: DemoParams) -> DemoData | None:
-    manifest = _read_manifest(root)
-    if manifest is None or manifest.get("cache_key") != cache_key(params):
-        return None
-    if not all((root / rel).is_file() for rel in manifest["files"]):
-        return None
-    data = DemoData.from_manifest(root, manifest)
-    if data.train_csv is not None:
-        _relocate_csv(data.train_csv, root / "train" / "images")
-    return data
-
-
-def _relocate_csv(csv_path: Path, images_dir: Path):
-    """The CSV holds absolute paths; fix them if the data folder was moved or copied."""
-    lines = csv_path.read_text(encoding="utf-8").splitlines()
-    if len(lines) < 2 or lines[1].startswith(str(images_dir.resolve()) + os.sep):
-        return
-    fixed = [lines[0]]
-    for line in lines[1:]:
-        path, rest = line.split("\t", 1)
-        fixed.append(f"{images_dir.resolve() / Path(path).name}\t{rest}")
-    csv_path.write_text("\n".join(fixed) + "\n", encoding="utf-8")
-
-
 def _counts_by_concept(items):
     counts = {c.name: 0 for c in CONCEPTS}
     for item in items:
@@ -161,8 +80,7 @@ def _counts_by_concept(items):
 
 def _write_everything(build_dir: Path, final_root: Path, params: DemoParams, progress: bool) -> dict:
     from .openmoji_font import openmoji_source
-    from .writers import (brace_pattern, write_cb_classification, write_cb_retrieval, write_csv_index,
-                          write_train_shards)
+    from .writers import brace_pattern, write_cb_classification, write_cb_retrieval, write_csv, write_webdataset
 
     started = time.perf_counter()
     catalog = load_catalog(params.include_skin_tones)
@@ -172,31 +90,35 @@ def _write_everything(build_dir: Path, final_root: Path, params: DemoParams, pro
 
     renderer = Renderer(train_items + test_items + other_ret_items, params, progress)
     rows = build_train(renderer, train_items, params, progress)
-    shards = write_train_shards([(k, j, c) for k, j, c, _ in rows], build_dir / "train", params.shard_size)
+    shards = write_webdataset(build_dir / "train", [(k, j, c) for k, j, c, _ in rows], params.shard_size)
     csv_rel = None
     if params.write_csv:
         csv_rel = "train.csv"
-        images_dir = build_dir / "train" / "images"
-        images_dir.mkdir(parents=True, exist_ok=True)
-        for key, jpeg, _, _ in rows:
-            (images_dir / f"{key}.jpg").write_bytes(jpeg)
-        write_csv_index(rows, final_root / "train" / "images", build_dir / csv_rel)
+        write_csv(build_dir / csv_rel, rows, build_dir / "train" / "images", extra_columns=list(rows[0][3]))
 
     classnames = [c.name for c in CONCEPTS]
-    eval_sets = {}
-    write_cb_classification(build_dir / CLS_SET, build_cls(renderer, test_items, params, progress),
-                            classnames, ZEROSHOT_TEMPLATES)
-    eval_sets[CLS_SET] = {"path": CLS_SET, "task": "zeroshot_classification",
-                          "num_samples": len(balanced_jobs(test_items, params.cls_images_per_class))}
-    ret_items = test_items + other_ret_items
-    write_cb_retrieval(build_dir / RET_SET, build_retrieval(renderer, ret_items, params, progress))
-    eval_sets[RET_SET] = {"path": RET_SET, "task": "zeroshot_retrieval", "num_samples": len(ret_items)}
-    bg_sets = {}
-    for variant, items in build_bg_variants(renderer, test_items, params, progress).items():
-        name = f"emoji_bg_{variant}"
-        write_cb_classification(build_dir / name, items, classnames, ZEROSHOT_TEMPLATES)
-        eval_sets[name] = {"path": name, "task": "zeroshot_classification", "num_samples": len(items)}
-        bg_sets[variant] = name
+    eval_sets, splits, bg_sets = {}, {}, {}
+    held_out = split_held_out(test_items, other_ret_items, params.seed)
+    for split in SPLITS:
+        concept_items, other_items = held_out[split]
+        cls_name, ret_name = f"{CLS_SET}_{split}", f"{RET_SET}_{split}"
+        write_cb_classification(build_dir / cls_name, build_cls(renderer, concept_items, params, progress),
+                                classnames, ZEROSHOT_TEMPLATES)
+        eval_sets[cls_name] = {"path": cls_name, "task": "zeroshot_classification", "split": split,
+                               "num_samples": len(balanced_jobs(concept_items, params.cls_images_per_class))}
+        ret_items = concept_items + other_items
+        write_cb_retrieval(build_dir / ret_name, build_retrieval(renderer, ret_items, params, progress))
+        eval_sets[ret_name] = {"path": ret_name, "task": "zeroshot_retrieval", "split": split,
+                               "num_samples": len(ret_items)}
+        splits[split] = [cls_name, ret_name]
+        bg_sets[split] = {}
+        for variant, items in build_bg_variants(renderer, concept_items, params, progress).items():
+            name = f"emoji_bg_{split}_{variant}"
+            write_cb_classification(build_dir / name, items, classnames, ZEROSHOT_TEMPLATES)
+            eval_sets[name] = {"path": name, "task": "zeroshot_classification", "split": split,
+                               "num_samples": len(items)}
+            bg_sets[split][variant] = name
+            splits[split].append(name)
 
     shard_rel = str(Path(brace_pattern(shards)).relative_to(build_dir))
     data_files = sorted(
@@ -204,7 +126,6 @@ def _write_everything(build_dir: Path, final_root: Path, params: DemoParams, pro
         if p.is_file() and "images" not in p.relative_to(build_dir).parts
     )
     manifest = {
-        "cache_key": cache_key(params),
         "params": asdict(params),
         "train": {
             "shards": shard_rel,
@@ -223,22 +144,25 @@ def _write_everything(build_dir: Path, final_root: Path, params: DemoParams, pro
                 "habitat": {"place": c.habitat.place, "colors": [list(x) for x in c.habitat.colors],
                             "scenery": list(c.habitat.scenery)},
                 "train_emoji": _counts_by_concept(i for i in train_items if i.concept)[c.name],
-                "test_emoji": _counts_by_concept(test_items)[c.name],
+                **{f"{split}_emoji": _counts_by_concept(held_out[split][0])[c.name] for split in SPLITS},
             }
             for c in CONCEPTS
         },
         "split": {
-            "test_emoji": {c.name: [i.emoji.key for i in test_items if i.concept is c] for c in CONCEPTS},
-            "retrieval_only_emoji": [i.emoji.key for i in other_ret_items],
+            **{f"{split}_emoji": {c.name: [i.emoji.key for i in held_out[split][0] if i.concept is c]
+                                  for c in CONCEPTS} for split in SPLITS},
+            **{f"{split}_retrieval_only_emoji": [i.emoji.key for i in held_out[split][1]] for split in SPLITS},
             "num_train_emoji_in_concepts": sum(1 for i in train_items if i.concept),
             "num_train_emoji_other": sum(1 for i in train_items if not i.concept),
         },
+        "kind": "emoji",
         "eval_sets": eval_sets,
+        "splits": splits,
         "bg_sets": bg_sets,
-        "bg_gap": "acc(emoji_bg_mixed_same) - acc(emoji_bg_mixed_rand)",
+        "bg_gap": "acc(emoji_bg_<split>_mixed_same) - acc(emoji_bg_<split>_mixed_rand)",
         "sources": {"images": openmoji_source(), "names": catalog_source()},
         "files": data_files,
-        "sha256": {rel: _sha256(build_dir / rel) for rel in data_files if not rel.endswith(".csv")},
+        "sha256": {rel: sha256_of(build_dir / rel) for rel in data_files if not rel.endswith(".csv")},
         "build_seconds": round(time.perf_counter() - started, 2),
     }
     return manifest
@@ -248,29 +172,8 @@ def build_demo_data(out_dir, seed: int = 0, image_size: int = 64, *, force: bool
                     progress: bool = True, **options) -> DemoData:
     """Build (or reuse) the demo data in ``out_dir``; ``options`` are the other ``DemoParams`` fields."""
     params = DemoParams(seed=seed, image_size=image_size, **options)
-    root = Path(out_dir).resolve()
-    if not force:
-        cached = _cached(root, params)
-        if cached is not None:
-            return cached
-    if root.exists() and any(root.iterdir()) and _read_manifest(root) is None:
-        raise FileExistsError(f"{root} is not empty and holds no {MANIFEST}; refusing to overwrite it")
-    build_dir = root.parent / f".{root.name}.building-{os.getpid()}"
-    shutil.rmtree(build_dir, ignore_errors=True)
-    build_dir.mkdir(parents=True)
-    try:
-        manifest = _write_everything(build_dir, root, params, progress)
-        (build_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        if not force:
-            finished_meanwhile = _cached(root, params)  # another process built the same data
-            if finished_meanwhile is not None:
-                return finished_meanwhile
-        if root.exists():
-            shutil.rmtree(root)
-        build_dir.rename(root)
-    finally:
-        shutil.rmtree(build_dir, ignore_errors=True)
-    return DemoData.from_manifest(root, manifest)
+    return build_cached(out_dir, cache_key(params), lambda build_dir, root: _write_everything(
+        build_dir, root, params, progress), lambda root, manifest: DemoData.from_manifest(root, manifest), force)
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
@@ -283,8 +186,9 @@ def describe(data: DemoData) -> str:
         f"train: {train['num_samples']} images of {train['num_emoji']} emoji "
         f"({split['num_train_emoji_in_concepts']} in concepts, {split['num_train_emoji_other']} others), "
         f"{train['num_shards']} shards",
-        f"concepts ({len(data.classnames)}; train/test emoji): " + ", ".join(
-            f"{name} {info['train_emoji']}/{info['test_emoji']}" for name, info in manifest["concepts"].items()
+        f"concepts ({len(data.classnames)}; train/val/test emoji): " + ", ".join(
+            f"{name} {info['train_emoji']}/{info['val_emoji']}/{info['test_emoji']}"
+            for name, info in manifest["concepts"].items()
         ),
         "eval sets: " + ", ".join(f"{n} ({info['num_samples']})" for n, info in manifest["eval_sets"].items()),
         "trainer flags: " + " ".join(data.train_args()),

@@ -57,3 +57,28 @@ def select_and_split(catalog: list[Emoji], params: DemoParams):
                 out.append(Item(by_key[key], concept, noun, fine))
     order = lambda item: item.emoji.order  # noqa: E731
     return sorted(train, key=order), sorted(test, key=order), sorted(retrieval, key=order)
+
+
+def split_held_out(test_items, other_items, seed: int):
+    """{"val": (concept items, other items), "test": (...)}: the held-out emoji halved, by emoji.
+
+    Each concept's held-out emoji are shuffled with the seed and dealt alternately to validation and
+    test (the first to test), so both splits test every concept and no emoji is in both; the
+    retrieval-only emoji of other subgroups are dealt the same way per subgroup.
+    """
+    out = {"val": ([], []), "test": ([], [])}
+
+    def deal(items, group_of, slot):
+        groups = {}
+        for item in items:
+            groups.setdefault(group_of(item), []).append(item)
+        for group, members in sorted(groups.items()):
+            members = sorted(members, key=lambda it: it.emoji.key)
+            seeded_rng(seed, "val-test", group).shuffle(members)
+            for i, item in enumerate(members):
+                out["test" if i % 2 == 0 else "val"][slot].append(item)
+
+    deal(test_items, lambda it: it.concept.name, 0)
+    deal(other_items, lambda it: it.emoji.subgroup, 1)
+    order = lambda item: item.emoji.order  # noqa: E731
+    return {split: (sorted(c, key=order), sorted(o, key=order)) for split, (c, o) in out.items()}

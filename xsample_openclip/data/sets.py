@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from .captions import retrieval_captions, train_caption
+from .emoji_captions import retrieval_captions, train_caption
 from .catalog import load_catalog
 from .concepts import CONCEPTS, Concept
 from .openmoji_font import OpenMojiFont

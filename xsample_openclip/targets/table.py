@@ -1,14 +1,18 @@
-"""On-disk table of caption embeddings keyed by token-id hash (written by ``xsample_openclip.precompute``).
+"""On-disk table of caption embeddings keyed by token-id hash (written by ``xsample_openclip.precompute``),
+and the checks that a table fits a training run.
 
 Layout of a table folder:
-    meta.json        encoder name, width, dtype, count, tokenizer model and context length
-    keys.npy         uint64, sorted: ``token_keys`` of each caption's token ids
+    meta.json        encoder name, width, dtype, count, tokenizer, context length, decoder version
+    keys.npy         uint64, sorted: ``keys.token_keys`` of each caption's token ids
     embeddings.npy   [count, width] float16/float32 unit rows, row i belongs to keys[i]; memory-mapped
 """
 import json
 from pathlib import Path
+from typing import List, Optional
 
 import numpy as np
+
+from .decode import DECODER_VERSION
 
 META = "meta.json"
 KEYS = "keys.npy"
@@ -17,6 +21,12 @@ EMBEDDINGS = "embeddings.npy"
 
 class MissingCaptionsError(KeyError):
     """Some batch captions are not in the table: the table was built from other data."""
+
+
+def rebuild_hint(model="MODEL", encoder=None, out="DIR"):
+    flag = f" --encoder {encoder}" if encoder else ""
+    return (f"rebuild it with `python -m xsample_openclip.precompute --model {model} --train-data DATA{flag} "
+            f"--out {out}`")
 
 
 class EmbeddingTable:
@@ -45,6 +55,10 @@ class EmbeddingTable:
 
     def __len__(self):
         return int(self.keys.shape[0])
+
+    @property
+    def decoder_version(self) -> int:
+        return int(self.meta.get("decoder_version", 1))
 
     def find(self, keys: np.ndarray):
         """Row index of each key and a mask of which keys are present."""
@@ -97,4 +111,68 @@ def write_table(path, keys: np.ndarray, embeddings: np.ndarray, meta: dict) -> E
 def write_meta(path, meta: dict, count: int, dim: int, dtype) -> None:
     """Written last: a table folder with meta.json is complete."""
     meta = dict(meta, count=int(count), dim=int(dim), dtype=str(np.dtype(dtype)))
+    meta.setdefault("decoder_version", DECODER_VERSION)
     (Path(path) / META).write_text(json.dumps(meta, indent=2))
+
+
+def table_meta(tokenizer, encoder_name: str, model: str, **extra) -> dict:
+    """What a table records about how its keys and embeddings were made."""
+    return {"encoder": encoder_name, "model": model, "tokenizer": type(tokenizer).__name__,
+            "context_length": int(getattr(tokenizer, "context_length", 0) or 0),
+            "decoder_version": DECODER_VERSION, **extra}
+
+
+# --- does a table fit this run? ------------------------------------------------------------------
+
+def fit_problems(table: EmbeddingTable, model: str, tokenizer=None,
+                 encoder: Optional[tuple] = None, encoder_flag: Optional[str] = None) -> List[str]:
+    """Refusals (each naming the fix) when ``table`` cannot serve a run of ``model``.
+
+    - decoded with another decoder version (its embeddings disagree with the online path);
+    - built with another tokenizer or context length (keys are hashes of token ids: none could match);
+    - ``encoder`` (name, width) given explicitly by ``encoder_flag`` and not the table's;
+    - up to 4096 evenly spaced rows are not finite unit vectors.
+    """
+    meta, path, problems = table.meta, table.path, []
+    if table.decoder_version != DECODER_VERSION:
+        problems.append(
+            f"--xsample-embeddings {path} was built by an older xsample-openclip (caption decoder version "
+            f"{table.decoder_version}, now {DECODER_VERSION}: version 1 dropped every '!' token), so its "
+            f"embeddings differ from what the online encoder computes for captions with '!'; "
+            f"{rebuild_hint(model, out=path)}")
+    if tokenizer is not None:
+        kind = type(tokenizer).__name__
+        context = int(getattr(tokenizer, "context_length", 0) or 0)
+        built_kind, built_context = meta.get("tokenizer"), meta.get("context_length")
+        if (built_kind and built_kind != kind) or (built_context and int(built_context) != context):
+            problems.append(
+                f"--xsample-embeddings {path} was built for model {meta.get('model')!r} ({built_kind}, "
+                f"context length {built_context}), but --model {model} tokenizes with {kind}, context "
+                f"length {context}: none of its {len(table)} keys can match a training caption; "
+                f"{rebuild_hint(model)}")
+    if encoder is not None:
+        name, width = encoder
+        built = meta.get("encoder")
+        if built != name or (width and int(width) != table.dim):
+            problems.append(
+                f"--xsample-encoder {encoder_flag} ({name}, width {width}) is not the encoder "
+                f"--xsample-embeddings {path} was built with ({built}, width {table.dim}); drop "
+                f"--xsample-encoder to use the table's encoder, or {rebuild_hint(model, encoder_flag)}")
+    checked, bad = table.bad_rows()
+    if bad:
+        problems.append(f"--xsample-embeddings {path}: {bad} of {checked} checked rows are not finite unit "
+                        f"vectors (NaN, inf or wrong norm): the table is corrupt; {rebuild_hint(model)}")
+    return problems
+
+
+def missing_captions(table: EmbeddingTable, captions, tokenizer, chunk: int = 4096) -> dict:
+    """How many of ``captions`` (and of their distinct token rows) the table lacks."""
+    from .keys import token_keys
+
+    distinct, missing = set(), set()
+    for start in range(0, len(captions), chunk):
+        keys = token_keys(tokenizer(captions[start:start + chunk]))
+        _, present = table.find(keys)
+        distinct.update(keys.tolist())
+        missing.update(keys[~present].tolist())
+    return {"captions": len(captions), "distinct": len(distinct), "missing_distinct": len(missing)}

@@ -1,4 +1,4 @@
-"""Hook-free entry: ``python -m xsample_openclip.train`` takes exactly open_clip_train.main's flags.
+"""Hook-free launcher: ``python -m xsample_openclip.launch`` takes exactly open_clip_train.main's flags.
 
 It patches OpenCLIP explicitly, then runs OpenCLIP's own ``main``; use it where ``.pth`` start-up
 files are not processed (``python -S``, unusual site setups) or under ``torchrun -m``.

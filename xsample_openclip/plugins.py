@@ -1,0 +1,143 @@
+"""The two X-Sample entry points of the loss registry: ``xsample`` (softmax) and ``xsample-siglip`` (sigmoid).
+
+Each is a ``registry.LossPlugin`` built from the same caption-target pieces (``targets.flags``: the
+shared ``--xsample-*`` flags, their start-up checks, the caption embedder) plus its own flags; neither
+needs anything from the training loop beyond the registry's contract.
+"""
+import logging
+from typing import List
+
+from .registry import StartupResult
+from .targets.flags import CAPTION_TARGETS
+
+
+def _common_refusals(args, loss: str) -> List[str]:
+    problems = []
+    if args.distill_model or args.distill_pretrained:
+        problems.append(f"--loss {loss} does not support distillation (--distill-model/--distill-pretrained); "
+                        "drop them or use --loss clip")
+    if "coca" in args.model.lower():
+        problems.append(f"--loss {loss} does not support CoCa models ({args.model}): their loss adds a "
+                        "captioning term; use a CLIP model or --loss clip")
+    if args.torchscript or args.trace:
+        problems.append(f"--loss {loss} needs the model's dict output; drop --torchscript/--trace")
+    if args.horovod:
+        problems.append(f"--loss {loss} is not tested with --horovod; launch with torchrun instead")
+    return problems + CAPTION_TARGETS.validate(args)
+
+
+class SoftmaxFlags:
+    title = "X-Sample softmax loss (--loss xsample)"
+    kept = ("xsample_clip_weight", "xsample_image_weight")
+
+    def add_to(self, parser):
+        group = parser.add_argument_group(self.title)
+        group.add_argument(
+            "--xsample-clip-weight", type=float, default=0.0,
+            help="Weight w in [0, 1] of CLIP's hard (identity) target mixed into the soft target: "
+                 "target = (1 - w) * softmax(S / tau_s) + w * I.")
+        group.add_argument(
+            "--xsample-image-weight", type=float, default=0.0,
+            help="Weight of an extra image-image X-Sample term (the same soft targets, self-pairs "
+                 "masked); 0 turns it off.")
+
+
+class SigmoidFlags:
+    title = "X-Sample sigmoid loss (--loss xsample-siglip)"
+    kept = ("xsample_siglip_target",)
+
+    def add_to(self, parser):
+        from .losses.sigmoid import TARGETS
+
+        group = parser.add_argument_group(self.title)
+        group.add_argument(
+            "--xsample-siglip-target", choices=TARGETS, default="kernel",
+            help="Soft target of each image-text pair: 'kernel', exp((S_ij - 1) / tau_s) (the pair itself "
+                 "is 1, identical captions are full positives), or 'softmax', the X-CLR row softmax over "
+                 "the batch.")
+
+
+class XSampleLossPlugin:
+    """Entry point ``xsample`` of the ``open_clip_train.losses`` group."""
+
+    name = "xsample"
+    flag_groups = (CAPTION_TARGETS, SoftmaxFlags())
+
+    def validate(self, args) -> List[str]:
+        problems = _common_refusals(args, self.name)
+        if args.siglip:
+            problems.insert(0, "--loss xsample is a softmax loss and cannot be combined with --siglip (a sigmoid "
+                               "loss); for X-Sample with SigLIP's loss use --loss xsample-siglip, or drop --siglip")
+        if not 0.0 <= args.xsample_clip_weight <= 1.0:
+            problems.append(f"--xsample-clip-weight must be in [0, 1], got {args.xsample_clip_weight}")
+        if not args.xsample_image_weight >= 0.0:
+            problems.append(f"--xsample-image-weight must be >= 0, got {args.xsample_image_weight}")
+        return problems
+
+    def startup(self, args, resumed=None) -> StartupResult:
+        return CAPTION_TARGETS.startup(args, resumed)
+
+    def kept_on_resume(self, args):
+        return CAPTION_TARGETS.kept + SoftmaxFlags.kept
+
+    def build(self, args):
+        from .losses.softmax import XSampleLoss
+
+        embedder, source = CAPTION_TARGETS.build_embedder(args)
+        logging.info(
+            f"Loss: xsample (X-Sample contrastive loss): tau_s={args.xsample_tau_s:.6g}, "
+            f"clip_weight={args.xsample_clip_weight}, image_weight={args.xsample_image_weight}, "
+            f"caption targets from {source}")
+        return XSampleLoss(embedder, tau_s=args.xsample_tau_s, clip_weight=args.xsample_clip_weight,
+                           image_weight=args.xsample_image_weight, local_loss=args.local_loss,
+                           gather_with_grad=args.gather_with_grad, rank=args.rank,
+                           world_size=args.world_size, use_horovod=args.horovod)
+
+
+class XSampleSigLipLossPlugin:
+    """Entry point ``xsample-siglip`` of the ``open_clip_train.losses`` group."""
+
+    name = "xsample-siglip"
+    flag_groups = (CAPTION_TARGETS, SigmoidFlags())
+
+    def validate(self, args) -> List[str]:
+        problems = _common_refusals(args, self.name)
+        if not (args.siglip or _config_has_logit_bias(args.model)):
+            problems.append(
+                f"--loss xsample-siglip needs a model with a logit bias, and --model {args.model} has none: "
+                "add --siglip (OpenCLIP then initialises logit scale 10 and bias -10, as for SigLIP) or use "
+                "a SigLIP model config (one with init_logit_bias, e.g. xs-tiny-siglip-64)")
+        return problems
+
+    def startup(self, args, resumed=None) -> StartupResult:
+        return CAPTION_TARGETS.startup(args, resumed)
+
+    def kept_on_resume(self, args):
+        return CAPTION_TARGETS.kept + SigmoidFlags.kept
+
+    def build(self, args):
+        from .losses.sigmoid import XSampleSigLipLoss
+
+        embedder, source = CAPTION_TARGETS.build_embedder(args)
+        logging.info(
+            f"Loss: xsample-siglip (X-Sample sigmoid loss): tau_s={args.xsample_tau_s:.6g}, "
+            f"target={args.xsample_siglip_target}, dist_impl={args.loss_dist_impl or 'bidir'}, "
+            f"caption targets from {source}")
+        return XSampleSigLipLoss(embedder, tau_s=args.xsample_tau_s, target=args.xsample_siglip_target,
+                                 rank=args.rank, world_size=args.world_size, dist_impl=args.loss_dist_impl)
+
+
+def _config_has_logit_bias(model: str) -> bool:
+    """Whether the model's OpenCLIP config initialises a logit bias (SigLIP configs do)."""
+    try:
+        from open_clip import get_model_config
+
+        from . import model_configs
+
+        model_configs.register()
+        config = get_model_config(model)
+    except Exception:  # noqa: BLE001 - OpenCLIP reports unknown models itself
+        config = None
+    if config is None:  # a remote or local-dir model: the loss checks for the bias at the first step
+        return True
+    return config.get("init_logit_bias") is not None

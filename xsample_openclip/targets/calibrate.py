@@ -1,0 +1,79 @@
+"""Choosing tau_s from the data: the target's self-mass (or entropy) at the run's global batch size.
+
+For a caption i in a batch of N, both X-Sample targets give the sample itself the share
+
+    self-mass_i = 1 / (1 + sum_{j != i} exp((S_ij - S_ii) / tau_s))
+
+of its row's target mass (the softmax target's diagonal; for the sigmoid loss's kernel target the
+same ratio of t_ii = 1 to the row's total). How alike a data set's captions are decides which tau_s
+gives which self-mass, so a fixed tau_s means different targets on different data and batch sizes;
+a fixed self-mass does not. Self-mass is estimated for any batch size N from a sample of m captions:
+the sum over a batch's N - 1 other captions is N - 1 times the mean of exp((S_ij - S_ii) / tau_s)
+over the sample's other captions, which is exact in expectation for a batch drawn from the data. It
+falls monotonically as tau_s grows, so tau_s for a target self-mass is found by bisection.
+"""
+import math
+from typing import Dict, Sequence
+
+import torch
+
+TAU_RANGE = (1e-4, 10.0)
+
+
+def _weights(similarities: torch.Tensor, tau_s: float) -> torch.Tensor:
+    """exp((S_ij - S_ii) / tau_s) for j != i (self-pairs zeroed), float64."""
+    s = similarities.double()
+    diag = s.diagonal().clone()
+    w = torch.exp((s - diag[:, None]) / tau_s)
+    w.fill_diagonal_(0.0)
+    return w
+
+
+def target_stats(similarities: torch.Tensor, tau_s: float, batch_size: int) -> Dict[str, float]:
+    """Mean self-mass and mean row entropy (nats) of the targets at ``batch_size``, from a sample's
+    caption similarities ``[m, m]`` (m >= 2)."""
+    m = similarities.shape[0]
+    if m < 2:
+        raise ValueError("need at least 2 captions to estimate target statistics")
+    w = _weights(similarities, tau_s)
+    others = (batch_size - 1) / (m - 1)            # scales a sum over m - 1 to one over N - 1
+    mass = w.sum(1) * others                       # sum over a batch's other captions, in expectation
+    z = 1.0 + mass
+    s = similarities.double()
+    log_w = (s - s.diagonal()[:, None]) / tau_s
+    weighted_log = (w * log_w).sum(1) * others     # sum_j w_ij log w_ij (self term: 1 * log 1 = 0)
+    entropy = torch.log(z) - weighted_log / z
+    return {"self_mass": float((1.0 / z).mean()), "entropy": float(entropy.mean()),
+            "uniform_entropy": math.log(batch_size)}
+
+
+def tau_for_self_mass(similarities: torch.Tensor, self_mass: float, batch_size: int, iters: int = 60) -> float:
+    """The tau_s whose targets put ``self_mass`` of each row on the sample itself (mean over rows)."""
+    if not 0.0 < self_mass < 1.0:
+        raise ValueError(f"self-mass must be in (0, 1), got {self_mass}")
+    lo, hi = math.log(TAU_RANGE[0]), math.log(TAU_RANGE[1])
+    if target_stats(similarities, math.exp(hi), batch_size)["self_mass"] > self_mass:
+        return math.exp(hi)    # even the flattest target keeps this much on itself (tiny batch)
+    if target_stats(similarities, math.exp(lo), batch_size)["self_mass"] < self_mass:
+        return math.exp(lo)    # duplicated captions cap the reachable self-mass
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if target_stats(similarities, math.exp(mid), batch_size)["self_mass"] > self_mass:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp((lo + hi) / 2)
+
+
+def similarities_of(embeddings: torch.Tensor) -> torch.Tensor:
+    e = embeddings.double()
+    return e @ e.T
+
+
+def stats_table(similarities: torch.Tensor, batch_size: int, taus: Sequence[float]):
+    """Rows (tau_s, self-mass, entropy, effective number of targets exp(entropy))."""
+    rows = []
+    for tau in taus:
+        st = target_stats(similarities, tau, batch_size)
+        rows.append((tau, st["self_mass"], st["entropy"], math.exp(st["entropy"])))
+    return rows

@@ -1,0 +1,135 @@
+"""Training captions read the way OpenCLIP's loaders read them, for precompute and start-up checks.
+
+``--train-data`` syntax (``::`` between sources, braces inside each), CSV columns as the plugin's CSV
+loader reads them (bytes that are not UTF-8 become U+FFFD; an empty cell is the text "nan") and
+webdataset ``.txt`` members. Where OpenCLIP's webdataset loader skips a sample with a warning (a
+``.txt`` that is not valid UTF-8) or a shard (not a readable tar), the reader skips it too and counts
+it in ``ReadReport``, so a table holds exactly the captions training will see.
+"""
+import logging
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List
+
+from .decode import clean_caption_text
+
+READ_CHUNK = 4096
+
+
+def expand_sources(train_data: str) -> List[str]:
+    """OpenCLIP's ``--train-data`` syntax: ``::`` between sources, braces inside each."""
+    import braceexpand
+
+    return [p for src in train_data.split("::") for p in braceexpand.braceexpand(src)]
+
+
+def source_kind(source, dataset_type="auto"):
+    if dataset_type in (None, "auto"):
+        return {"csv": "csv", "tsv": "csv", "tar": "webdataset"}.get(source.rsplit(".", 1)[-1])
+    return dataset_type
+
+
+@dataclass
+class ReadReport:
+    """What a read skipped, as OpenCLIP's loader would have."""
+
+    captions: int = 0
+    skipped_not_utf8: int = 0
+    unreadable_sources: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.captions} captions read"]
+        if self.skipped_not_utf8:
+            parts.append(f"{self.skipped_not_utf8} webdataset .txt member(s) skipped: not valid UTF-8 "
+                         "(OpenCLIP's loader skips these samples too)")
+        if self.unreadable_sources:
+            parts.append(f"{len(self.unreadable_sources)} source(s) unreadable and skipped "
+                         f"(OpenCLIP's loader skips them too), e.g. {self.unreadable_sources[0]}")
+        return "; ".join(parts)
+
+
+def iter_source(source, kind, caption_key="title", separator="\t", report=None) -> Iterator[str]:
+    """One source's captions as OpenCLIP's loader hands them to the tokenizer."""
+    report = report if report is not None else ReadReport()
+    if kind == "csv":
+        import pandas as pd
+
+        for chunk in pd.read_csv(source, sep=separator, usecols=[caption_key], chunksize=READ_CHUNK,
+                                 encoding_errors="surrogateescape"):
+            for caption in chunk[caption_key]:
+                report.captions += 1
+                yield str(clean_caption_text(caption))
+    elif kind == "webdataset":
+        try:
+            with tarfile.open(source, "r|*") as tar:
+                for member in tar:
+                    if not (member.isfile() and member.name.rsplit(".", 1)[-1] == "txt"):
+                        continue
+                    try:
+                        text = tar.extractfile(member).read().decode("utf-8")
+                    except UnicodeDecodeError:
+                        report.skipped_not_utf8 += 1
+                        logging.warning(f"{source}: {member.name} is not valid UTF-8; skipped, as OpenCLIP's "
+                                        "loader skips that sample")
+                        continue
+                    report.captions += 1
+                    yield text
+        except (tarfile.TarError, OSError, EOFError) as err:
+            report.unreadable_sources.append(source)
+            logging.warning(f"{source}: unreadable ({err}); skipped, as OpenCLIP's loader skips it")
+    else:
+        raise ValueError(f"cannot tell the dataset type of {source!r}; pass --dataset-type csv|webdataset")
+
+
+def iter_captions(train_data, dataset_type="auto", caption_key="title", separator="\t",
+                  report=None, sources=None) -> Iterator[str]:
+    """Every caption of ``--train-data`` (or of the given ``sources`` of it), source after source, streamed."""
+    for source in (expand_sources(train_data) if sources is None else sources):
+        yield from iter_source(source, source_kind(source, dataset_type), caption_key, separator, report)
+
+
+def _spread(n):
+    """0..n-1 in an order that covers the range evenly early on (0, n/2, n/4, 3n/4, ...)."""
+    seen, order, step = set(), [], 1
+    while len(order) < n:
+        for i in range(step):
+            j = (i * n) // step
+            if j not in seen:
+                seen.add(j)
+                order.append(j)
+        step *= 2
+    return order
+
+
+def sample_captions(train_data, limit, dataset_type="auto", caption_key="title", separator="\t",
+                    per_source=256):
+    """Up to ``limit`` captions from the local sources of ``--train-data``.
+
+    Sources are visited spread over the list (first, middle, quarters, ...), at most
+    ``max(per_source, limit / sources)`` captions from each, so a sample sees many shards without
+    opening all of them. Remote or missing sources are counted, not read. Returns ``(captions, info)``.
+    """
+    sources = expand_sources(train_data)
+    local = [s for s in sources if Path(s).is_file()]
+    report = ReadReport()
+    info = {"sources": len(sources), "remote_or_missing": len(sources) - len(local), "sources_read": 0,
+            "report": report}
+    captions = []
+    quota = max(per_source, -(-limit // max(len(local), 1)))
+    for i in _spread(len(local)):
+        if len(captions) >= limit:
+            break
+        source = local[i]
+        info["sources_read"] += 1
+        want = min(quota, limit - len(captions))
+        try:
+            for k, caption in enumerate(iter_source(source, source_kind(source, dataset_type), caption_key,
+                                                    separator, report)):
+                if k >= want:
+                    break
+                captions.append(caption)
+        except (ValueError, KeyError) as err:
+            logging.warning(f"could not read captions of {source}: {err}")
+            report.unreadable_sources.append(source)
+    return captions, info
