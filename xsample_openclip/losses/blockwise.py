@@ -5,6 +5,8 @@ The fused losses walk their n x N matrices in blocks (of rows, or of columns) of
 temporaries stay a fraction of one full matrix while each block is still large enough to run at full
 speed.
 """
+import contextlib
+
 import torch
 
 BLOCK_ELEMENTS = 1 << 18
@@ -17,11 +19,19 @@ def blocks(n: int, other: int):
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def autocast_off(device: torch.device):
+    """A context with autocast disabled on ``device`` (a no-op for devices without autocast, e.g. meta)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def matmul_dtype(x: torch.Tensor, y: torch.Tensor) -> torch.dtype:
     """The dtype ``x @ y.T`` would have here: the autocast dtype for float16/32 inputs under autocast."""
     dtype = torch.promote_types(x.dtype, y.dtype)
     device_type = x.device.type
-    if dtype in (torch.float32, torch.float16, torch.bfloat16) and torch.is_autocast_enabled(device_type):
+    if dtype in (torch.float32, torch.float16, torch.bfloat16) and torch.amp.is_autocast_available(device_type) \
+            and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return dtype
 

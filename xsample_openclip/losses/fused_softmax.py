@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .blockwise import accumulate_mm as _accumulate_mm
-from .blockwise import as_scalar, blocks as _blocks, matmul_dtype as _matmul_dtype, scaled as _scaled
+from .blockwise import as_scalar, autocast_off, blocks as _blocks, matmul_dtype as _matmul_dtype, scaled as _scaled
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +110,7 @@ class _SquareSoftClip(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, scale, sym_target, row_sums):
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device):
             n = x.shape[0]
             sim = x @ y.T
             s = scale.detach()
@@ -134,7 +134,7 @@ class _SquareSoftClip(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, y, scale, sym_target, row_sums, sim, lse_rows, lse_cols = ctx.saved_tensors
         need_x, need_y, need_s = ctx.needs_input_grad[:3]
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device):
             n = x.shape[0]
             s = scale.detach()
             acc = sym_target.dtype
@@ -179,7 +179,7 @@ class _RowSoftCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, scale, target, row_sums):
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device):
             n, big = x.shape[0], y.shape[0]
             sim = x @ y.T
             s = scale.detach()
@@ -199,7 +199,7 @@ class _RowSoftCE(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, y, scale, target, row_sums, sim, lse_rows = ctx.saved_tensors
         need_x, need_y, need_s = ctx.needs_input_grad[:3]
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device):
             n, big = x.shape[0], y.shape[0]
             s = scale.detach()
             acc = target.dtype

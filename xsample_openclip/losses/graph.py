@@ -2,7 +2,10 @@
 
     S = E_rows E_cols^T                        caption cosine similarities (fp32, no gradient)
     softmax targets  P_ij = softmax_j(S_ij / tau_s)          rows sum to 1 (--loss xsample)
-    kernel targets   t_ij = exp((S_ij - S_ii) / tau_s)        t_ii = 1, in (0, 1] (--loss xsample-siglip)
+    kernel targets   t_ij = exp((S_ij - 1) / tau_s)           t_ii = 1, in (0, 1] (--loss xsample-siglip)
+
+Caption embeddings are unit rows (``unit_captions`` renormalises them in fp32 or fp64, so a float16
+table row counts as exactly as long as an online one).
 
 Both are built in fp32 with autocast off (a small tau_s overflows fp16/bf16) and without gradient: the
 graph is fixed side data. As tau_s -> 0 with distinct captions both become the identity: CLIP's and
@@ -10,7 +13,7 @@ SigLIP's own targets.
 """
 import torch
 
-from .blockwise import blocks
+from .blockwise import autocast_off, blocks
 
 #: On CUDA, caption similarities are one float16 GEMM with float32 output (fp32 accumulation) instead
 #: of an fp32 GEMM, which GPUs run an order of magnitude slower than half precision. The inputs are unit
@@ -44,7 +47,7 @@ def softmax_targets(
     hard target); ``mask_self`` drops the self-pairs (the image-image term). Built in place: the
     similarity matrix becomes the target, with only row-block temporaries.
     """
-    with torch.no_grad(), torch.autocast(row_embeddings.device.type, enabled=False):
+    with torch.no_grad(), autocast_off(row_embeddings.device):
         target = caption_similarities(row_embeddings, all_embeddings)
         target.div_(tau_s)
         if mask_self or clip_weight:
@@ -59,13 +62,26 @@ def softmax_targets(
     return target
 
 
+#: Caption pairs this close to cosine 1 are the same caption up to rounding: their kernel target is 1.
+IDENTICAL = 1e-5
+
+
+def unit_captions(embeddings: torch.Tensor) -> torch.Tensor:
+    """Caption embeddings as exact unit rows, in float32 (float64 stays float64), without gradient."""
+    dtype = torch.promote_types(embeddings.dtype, torch.float32)
+    with torch.no_grad():
+        return torch.nn.functional.normalize(embeddings.detach().to(dtype), dim=-1)
+
+
 def kernel_targets(row_embeddings: torch.Tensor, column_embeddings: torch.Tensor, tau_s: float) -> torch.Tensor:
-    """t_ij = exp((S_ij - S_ii) / tau_s) with S_ii = |e_i|^2 (1 for unit rows), clipped to [0, 1].
+    """t_ij = exp((S_ij - 1) / tau_s) for unit rows: 1 for a caption and itself (or an identical one,
+    ``IDENTICAL``), decaying with dissimilarity.
 
     Each pair's target depends on its two captions only, never on the rest of the batch, so the
-    blocks of a distributed sigmoid loss can be built independently; identical captions get t = 1.
+    blocks of a distributed sigmoid loss can be built independently.
     """
-    with torch.no_grad(), torch.autocast(row_embeddings.device.type, enabled=False):
-        target = caption_similarities(row_embeddings, column_embeddings)
-        self_sim = (row_embeddings.to(target.dtype) ** 2).sum(dim=1, keepdim=True)
-        return target.sub_(self_sim).div_(tau_s).exp_().clamp_(max=1.0)
+    with torch.no_grad(), autocast_off(row_embeddings.device):
+        similarity = caption_similarities(row_embeddings, column_embeddings)
+        identical = similarity >= 1.0 - IDENTICAL
+        target = similarity.sub_(1.0).div_(tau_s).exp_()
+        return target.masked_fill_(identical, 1.0)

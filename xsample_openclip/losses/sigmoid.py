@@ -6,7 +6,7 @@ labels by a soft target t_ij in [0, 1] built from caption similarities and uses 
 cross-entropy with it:
 
     loss = sum_ij [softplus(z_ij) - t_ij z_ij] / n           (= SigLIP's loss when t = Id)
-    kernel target  (default): t_ij = exp((S_ij - S_ii) / tau_s)     t_ii = 1; each pair's target
+    kernel target  (default): t_ij = exp((S_ij - 1) / tau_s)        t_ii = 1; each pair's target
                               depends only on its two captions, so identical captions are full
                               positives and a remote block needs only the remote captions
     softmax target:           t_ij = softmax_j(S_ij / tau_s) over the global batch (the X-CLR row
@@ -29,9 +29,9 @@ import torch.distributed as dist
 from open_clip.loss import (neighbour_exchange, neighbour_exchange_bidir, neighbour_exchange_bidir_with_grad,
                             neighbour_exchange_with_grad)
 
-from .blockwise import accumulate_mm, as_scalar, blocks, matmul_dtype, scaled
+from .blockwise import accumulate_mm, as_scalar, autocast_off, blocks, matmul_dtype, scaled
 from .common import CaptionTargetLoss
-from .graph import kernel_targets
+from .graph import kernel_targets, unit_captions
 
 TARGETS = ("kernel", "softmax")
 
@@ -41,7 +41,7 @@ class _SoftSigmoidBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, scale, bias, target):
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device):
             n, m = x.shape[0], y.shape[0]
             sim = x @ y.T
             s, b = scale.detach(), bias.detach()
@@ -59,7 +59,7 @@ class _SoftSigmoidBlock(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, y, scale, bias, target, sim = ctx.saved_tensors
         need_x, need_y, need_s, need_b = ctx.needs_input_grad[:4]
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device):
             n, m = x.shape[0], y.shape[0]
             s, b = scale.detach(), bias.detach()
             acc = target.dtype
@@ -122,7 +122,7 @@ class XSampleSigLipLoss(CaptionTargetLoss):
 
     # --- targets ---------------------------------------------------------------------------------------
     def _row_normaliser(self, captions):
-        """For softmax targets: per local row, 1 / sum_j exp((S_ij - S_ii) / tau_s) over the global batch."""
+        """For softmax targets: per local row, 1 / sum_j exp((S_ij - 1) / tau_s) over the global batch."""
         if self.target != "softmax":
             return None
         if self.world_size > 1:
@@ -159,7 +159,7 @@ class XSampleSigLipLoss(CaptionTargetLoss):
                              "model trained with --siglip, which initialises one)")
         if caption_embeddings is None:
             caption_embeddings = self.caption_embeddings_for(batch_tokens, image_features.device)
-        caps = caption_embeddings.to(image_features.device).float()
+        caps = unit_captions(caption_embeddings.to(image_features.device))
         norm = self._row_normaliser(caps)
         loss = self._loss(image_features, text_features, logit_scale, logit_bias, caps, caps, norm)
         if self.world_size > 1:

@@ -24,7 +24,7 @@ from open_clip.loss import gather_features
 
 from .common import CaptionTargetLoss
 from .fused_softmax import masked_soft_cross_entropy, soft_clip_loss, soft_row_cross_entropy
-from .graph import softmax_targets
+from .graph import softmax_targets, unit_captions
 
 
 class XSampleLoss(CaptionTargetLoss):
@@ -92,7 +92,7 @@ class XSampleLoss(CaptionTargetLoss):
         if caption_embeddings.shape[0] != image_features.shape[0]:
             raise ValueError(
                 f"{caption_embeddings.shape[0]} caption embeddings for {image_features.shape[0]} images")
-        caption_embeddings = caption_embeddings.to(image_features.device)
+        caption_embeddings = unit_captions(caption_embeddings.to(image_features.device))
 
         all_image, all_text, all_captions = self._gather(image_features, text_features, caption_embeddings)
         distributed_local = self.world_size > 1 and self.local_loss
