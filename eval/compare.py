@@ -4,18 +4,18 @@
         --imagenet-root DIR --in9-root DIR --tasks zeroshot,linear_probe --out DIR
 
 Every evaluation is clip_benchmark 1.6.2 run in this process; this module only plans them, skips the ones
-whose result JSON exists, and summarises (results.csv, report.md, comparison.png). ``compare()`` is the
-same thing as a Python API, for any list of DatasetSpecs (e.g. custom ``wds/`` sets).
+whose result JSON exists for the same checkpoint content (``checkpoints``), and summarises (results.csv,
+report.md, comparison.png). ``compare()`` is the same thing as a Python API, for any list of DatasetSpecs
+(e.g. custom ``wds/`` sets).
 """
 import argparse
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import List
 
-from . import models, plot, report, results, runner
+from . import checkpoints, models, plot, report, results, runner
 from .benchmark import device_and_amp
 from .layouts import imagenet_specs, in9_specs, wds_specs  # noqa: F401  (the API: specs for compare())
 from .specs import (TASK_GROUPS, BgGap, DatasetSpec, Run, SetupError, check_name, parse_bg_gap,  # noqa: F401
@@ -87,22 +87,26 @@ def _check_datasets(datasets, bg_gaps):
                 raise SetupError(f"--bg-gap {gap.label}: no dataset named {name!r} (datasets: {', '.join(names)})")
 
 
-def _record_runs(out, model, runs):
-    """Results are keyed by run name; refuse to mix in results of another checkpoint under the same name."""
-    path = os.path.join(out, "runs.json")
-    recorded = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            recorded = json.load(f)
+def _record_runs(out, records, stale, notes):
+    """Drop the files of the runs ``checkpoints.check`` found stale, saying so in the log and in ``notes``,
+    then save the new records (in this order, so an interruption cannot leave stale files recorded as new)."""
+    for run, reason in stale:
+        if runner.forget(out, run.name):
+            note = f"{run.name}: {reason}; its evaluations were recomputed"
+            log.warning(note)
+            notes.append(note)
+    checkpoints.save(out, records)
+
+
+def _check_unchanged(records, runs, notes):
+    """Note runs whose checkpoint file changed on disk while being evaluated (e.g. a training job still
+    saving ``epoch_latest.pt``): their results may mix versions, and the next run recomputes them."""
     for run in runs:
-        checkpoint = os.path.abspath(run.checkpoint) if os.path.isfile(run.checkpoint) else run.checkpoint
-        old = recorded.get(run.name)
-        if old and old != {"model": model, "checkpoint": checkpoint}:
-            raise SetupError(f"{out} already holds results of run {run.name!r} for {old['checkpoint']} "
-                             f"(model {old['model']}); use another --out or another run name")
-        recorded[run.name] = {"model": model, "checkpoint": checkpoint}
-    with open(path, "w") as f:
-        json.dump(recorded, f, indent=1)
+        if checkpoints.changed_since(records[run.name]["identity"], run.checkpoint):
+            note = (f"{run.name}: checkpoint {run.checkpoint} changed while it was being evaluated, so its results "
+                    "may mix two versions; run again with the same --out to recompute them")
+            log.warning(note)
+            notes.append(note)
 
 
 def _collect_rows(plan, datasets, runs, gaps):
@@ -135,7 +139,9 @@ def compare(model, runs, datasets, tasks=("zeroshot",), out="eval-results", bg_g
     tasks: words from ``TASK_GROUPS`` ("zeroshot", "linear_probe") or concrete task names.
     bg_gaps: extra BgGap pairs; groups with mixed_same/mixed_rand variants get one automatically.
     amp: None = on with CUDA, off (fp32) on CPU. recall_k: retrieval R@k (each k at most the set's size).
-    Evaluations whose result JSON exists are skipped. Raises SetupError before evaluating on bad input.
+    Evaluations whose result JSON exists are skipped, unless the run's checkpoint content changed since
+    (then all of the run's evaluations are redone, with a note; see ``checkpoints``). Raises SetupError
+    before evaluating on bad input, including a run name whose results in ``out`` are another checkpoint's.
     """
     runs, tasks, datasets, notes = _as_runs(runs), _as_tasks(tasks), list(datasets), list(notes)
     _check_datasets(datasets, bg_gaps)
@@ -147,17 +153,22 @@ def compare(model, runs, datasets, tasks=("zeroshot",), out="eval-results", bg_g
     plan = runner.plan(runs, datasets, tasks, out, device, notes)
     if not plan:
         raise SetupError("nothing to evaluate: " + ("; ".join(notes) or f"no dataset supports the tasks {tasks}"))
+    records, stale = checkpoints.check(out, model, runs)
     os.makedirs(out, exist_ok=True)
-    _record_runs(out, model, runs)
+    _record_runs(out, records, stale, notes)
     pending = [e for e in plan if not runner.done(e)]
     if len(pending) < len(plan):
         log.info("%d of %d evaluations already have results in %s", len(plan) - len(pending), len(plan), out)
     runner.execute(pending, model, out, batch_size, num_workers, amp, recall_k)
+    _check_unchanged(records, runs, notes)
+    return _summarise(out, model, plan, datasets, runs, results.auto_bg_gaps(datasets) + list(bg_gaps), notes)
 
-    rows = _collect_rows(plan, datasets, runs, results.auto_bg_gaps(datasets) + list(bg_gaps))
-    checkpoints = {r.name: r.checkpoint for r in runs}
+
+def _summarise(out, model, plan, datasets, runs, gaps, notes):
+    """Read every result of the plan and write results.csv, report.md and comparison.png."""
+    rows = _collect_rows(plan, datasets, runs, gaps)
     comparison = Comparison(out, rows, notes)
-    results.write_csv(comparison.csv, rows, model, checkpoints)
+    results.write_csv(comparison.csv, rows, model, {r.name: r.checkpoint for r in runs})
     with open(comparison.report, "w") as f:
         f.write(report.render(rows, runs, model, notes))
     plot.save(comparison.plot, rows, runs, model)
@@ -179,7 +190,8 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog=f"python -m {__package__}.compare", description=__doc__.split("\n\n")[0],
         epilog="Datasets whose root is not given are skipped with a note; nothing is ever downloaded. "
-               "Re-running with the same --out skips evaluations that already have a result JSON.")
+               "Re-running with the same --out skips evaluations that already have a result JSON, unless "
+               "the run's checkpoint content changed since (then they are recomputed, with a note).")
     p.add_argument("--model", required=True,
                    help="registered OpenCLIP model name (incl. xs-tiny-vit-32/64) or local-dir:DIR")
     p.add_argument("--run", action="append", required=True, type=_argument(parse_run), metavar="NAME=CHECKPOINT",

@@ -1,10 +1,13 @@
 """Plan the (run, dataset, task) evaluations of a comparison and run the ones without a result yet.
 
 Each evaluation is one clip_benchmark call (or, for the mapped IN-9 score, ``mapped.evaluate_mapped``);
-its result JSON is the record of it being done, which is what makes re-running cheap.
+its result JSON is the record of it being done, which is what makes re-running cheap. Everything derived
+from a run's checkpoint lives under paths named after the run (``result_dir``, ``classifier_path``,
+``feature_root``), so ``forget`` can drop it all when the checkpoint changes.
 """
 import json
 import os
+import shutil
 from dataclasses import dataclass
 
 from . import mapped, models, results
@@ -22,6 +25,34 @@ class Evaluation:
     output: str
 
 
+def result_dir(out, run_name):
+    """The run's clip_benchmark result JSONs."""
+    return os.path.join(out, "results", run_name)
+
+
+def classifier_path(out, run_name):
+    """The run's 1000-class ImageNet zero-shot classifier, shared by the IN-1k and mapped IN-9 evaluations."""
+    return os.path.join(out, "classifiers", f"{run_name}__imagenet1k.pt")
+
+
+def feature_root(out, run_name):
+    """clip_benchmark's linear-probe feature cache for the run (its own sub-folders are per model and set)."""
+    return os.path.join(out, "features", run_name)
+
+
+def forget(out, run_name):
+    """Delete everything computed from the run's checkpoint; whether there was anything."""
+    found = False
+    for path in (result_dir(out, run_name), feature_root(out, run_name), classifier_path(out, run_name)):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+            found = True
+        elif os.path.exists(path):
+            os.remove(path)
+            found = True
+    return found
+
+
 def plan(runs, datasets, tasks, out, device, notes):
     """Every evaluation to have a result for, ImageNet-1k zero-shot first (it saves the shared classifier)."""
     if LINEAR_PROBE in tasks:
@@ -33,7 +64,7 @@ def plan(runs, datasets, tasks, out, device, notes):
     for run in runs:
         for spec in datasets:
             for task in (t for t in tasks if t in spec.tasks):
-                output = os.path.join(out, "results", run.name, f"{results.slug(spec.name)}__{task}.json")
+                output = os.path.join(result_dir(out, run.name), f"{results.slug(spec.name)}__{task}.json")
                 evaluations.append(Evaluation(run, spec, task, output))
     evaluations.sort(key=lambda e: (runs.index(e.run), not _builds_in1k_classifier(e)))
     return evaluations
@@ -72,7 +103,7 @@ def execute(pending, model, out, batch_size, num_workers, amp, recall_k):
     progress = tqdm(total=len(pending), desc="evaluations", unit="eval")
     for run in dict.fromkeys(e.run for e in pending):
         cb_model, pretrained = models.model_for_run(model, run, out)
-        classifier = os.path.join(out, "classifiers", f"{run.name}__imagenet1k.pt")
+        classifier = classifier_path(out, run.name)
         os.makedirs(os.path.dirname(classifier), exist_ok=True)
         for e in (e for e in pending if e.run == run and e.task != IN1K_TO_IN9):
             progress.set_postfix_str(f"{run.name} · {e.spec.name} · {e.task}")
@@ -82,11 +113,11 @@ def execute(pending, model, out, batch_size, num_workers, amp, recall_k):
                 model=cb_model, pretrained=pretrained, dataset=e.spec.cb_dataset, root=e.spec.root, task=e.task,
                 output=e.output, batch_size=batch_size, num_workers=num_workers, amp=amp,
                 classnames_file=_classnames_file(out, e.spec) if e.spec.classnames else None,
-                feature_root=os.path.join(out, "features") if e.task == LINEAR_PROBE else None,
+                feature_root=feature_root(out, run.name) if e.task == LINEAR_PROBE else None,
                 save_clf=classifier if shared and not os.path.isfile(classifier) else None,
                 load_clf=classifier if shared and os.path.isfile(classifier) else None, recall_k=recall_k)
             if e.task == LINEAR_PROBE:
-                os.makedirs(os.path.join(out, "features"), exist_ok=True)
+                os.makedirs(feature_root(out, run.name), exist_ok=True)
             run_clip_benchmark(argv)
             progress.update()
         todo = [e for e in pending if e.run == run and e.task == IN1K_TO_IN9]

@@ -2,21 +2,25 @@
 
 - ImageNet-1k: ``val/<wnid>/`` for all 1000 wnids (what OpenCLIP's --imagenet-val takes);
 - ImageNet-9: ``<variant>/val/<NN_class>/`` for all 8 test variants, as in backgrounds_challenge_data.tar.gz;
-- clip_benchmark ``wds/`` sets (classification, retrieval, a background group with mixed_same/mixed_rand);
+- clip_benchmark ``wds/`` sets (classification, retrieval, a background group with mixed_same/mixed_rand),
+  written by the project's one layout writer, ``xsample_openclip.data.writers``;
 - OpenCLIP training checkpoints of the tiny config (``{'epoch', 'name', 'state_dict'}``).
-Images are tiny (32 px) random patterns: the tests check plumbing and arithmetic, not accuracy.
+Images are tiny (32 px) random patterns, and the checkpoints random models: the tests check the tool's
+numbers against independent computations, not the models' accuracy.
 """
-import io
 import json
 import os
-import tarfile
 
 import numpy as np
 from PIL import Image
 
+from xsample_openclip.data import writers
+from xsample_openclip.data.writers import png_bytes
+
 IN9_VARIANTS = ("original", "mixed_same", "mixed_rand", "mixed_next", "only_fg", "no_fg", "only_bg_b", "only_bg_t")
 IN9_CLASS_FOLDERS = ("00_dog", "01_bird", "02_wheeled vehicle", "03_reptile", "04_carnivore", "05_insect",
                      "06_musical instrument", "07_primate", "08_fish")
+TEMPLATES = ("a photo of a {c}.", "a drawing of a {c}.")  # of the wds classification sets
 
 
 def image(seed, size=32):
@@ -26,13 +30,8 @@ def image(seed, size=32):
     return Image.fromarray(blocks).resize((size, size), Image.NEAREST)
 
 
-def png_bytes(img):
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def image_folder(split_dir, class_folders, per_class, seed, ext=".png"):
+    """``split_dir/<class folder>/`` with ``per_class`` images each (an ImageFolder)."""
     for c, folder in enumerate(class_folders):
         os.makedirs(os.path.join(split_dir, folder), exist_ok=True)
         for i in range(per_class):
@@ -40,6 +39,7 @@ def image_folder(split_dir, class_folders, per_class, seed, ext=".png"):
 
 
 def imagenet_wnids():
+    """The 1000 ImageNet-1k wnids in label order (timm's list, independent of eval.layouts)."""
     from timm.data import ImageNetInfo
 
     return list(ImageNetInfo("imagenet-1k").label_names())
@@ -61,47 +61,33 @@ def in9(root, per_class=2):
     return str(root)
 
 
-def _write_shard(path, samples):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    with open(os.path.join(os.path.dirname(path), "nshards.txt"), "w") as f:
-        f.write("1\n")
+def _items(seed, n_classes, per_class):
+    """(key, PNG bytes, label) for ``per_class`` images of each class, classes interleaved."""
+    return [(f"s{n_classes * i + c:07d}", png_bytes(image(seed * 7919 + c * 101 + i)), c)
+            for i in range(per_class) for c in range(n_classes)]
 
 
-def wds_classification(folder, classes, per_class=2, seed=100, train=False,
-                       templates=("a photo of a {c}.", "a drawing of a {c}.")):
+def wds_classification(folder, classes, per_class=2, seed=100, train=False, templates=TEMPLATES):
     """A clip_benchmark ``wds/`` classification set (test split, optionally a train split)."""
     for split, s in (("test", seed),) + ((("train", seed + 1),) if train else ()):
-        samples = [(f"s{len(classes) * i + c:07d}", {"png": png_bytes(image(s * 7919 + c * 101 + i)),
-                                                     "cls": str(c).encode()})
-                   for i in range(per_class) for c in range(len(classes))]
-        _write_shard(os.path.join(folder, split, "0.tar"), samples)
-    with open(os.path.join(folder, "classnames.txt"), "w") as f:
-        f.write("\n".join(classes) + "\n")
-    with open(os.path.join(folder, "zeroshot_classification_templates.txt"), "w") as f:
-        f.write("\n".join(templates) + "\n")
+        writers.write_cb_classification(folder, _items(s, len(classes), per_class), classes, templates,
+                                        split=split, image_ext="png")
     return str(folder)
 
 
 def wds_retrieval(folder, n=12, seed=200):
     """A clip_benchmark ``wds/`` retrieval set: images with two captions each."""
-    samples = [(f"s{i:07d}", {"png": png_bytes(image(seed + i)),
-                              "txt": f"a picture number {i}\nan image of item {i}".encode()}) for i in range(n)]
-    _write_shard(os.path.join(folder, "test", "0.tar"), samples)
-    with open(os.path.join(folder, "dataset_type.txt"), "w") as f:
-        f.write("retrieval\n")
+    items = [(f"s{i:07d}", png_bytes(image(seed + i)), [f"a picture number {i}", f"an image of item {i}"])
+             for i in range(n)]
+    writers.write_cb_retrieval(folder, items, image_ext="png")
     return str(folder)
 
 
 def wds_bg_group(folder, classes=("circle", "square", "triangle", "star", "heart", "moon"), per_class=3):
     """A background-robustness group: one wds classification set per variant sub-folder."""
-    for v, variant in enumerate(("original", "mixed_same", "mixed_rand")):
-        wds_classification(os.path.join(folder, variant), list(classes), per_class, seed=300 + v)
+    sets = {variant: _items(300 + v, len(classes), per_class)
+            for v, variant in enumerate(("original", "mixed_same", "mixed_rand"))}
+    writers.write_cb_group(folder, sets, list(classes), TEMPLATES, image_ext="png")
     return str(folder)
 
 

@@ -1,5 +1,6 @@
-"""The embedded emoji demo data: reproducible, split by emoji, readable by OpenCLIP's and clip_benchmark's loaders,
-cached on a second call. Builds a small subset at 32 px (a few seconds each)."""
+"""The embedded emoji demo data: reproducible, split by emoji into training, validation and test,
+readable by OpenCLIP's and clip_benchmark's loaders, cached on a second call. Builds a small subset at
+32 px (a few seconds each)."""
 import csv
 import hashlib
 import json
@@ -14,8 +15,9 @@ from xsample_openclip.data import emoji as emoji_module
 
 SMALL = dict(
     image_size=32, max_concept_per_subgroup=3, max_other_per_subgroup=2, concept_renders=2, other_renders=1,
-    cls_images_per_class=4, bg_images_per_class=2, progress=False,
+    cls_images_per_class=4, bg_images_per_class=2, test_fraction=0.67, progress=False,
 )
+SPLITS = ("val", "test")
 
 
 @pytest.fixture(scope="session")
@@ -54,15 +56,19 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(small, tmp_pat
     assert split0 != split1
 
 
-def test_held_out_emoji_never_appear_in_training(small, manifest):
+def _held_out(manifest, split):
+    return ({k for keys in manifest["split"][f"{split}_emoji"].values() for k in keys},
+            set(manifest["split"][f"{split}_retrieval_only_emoji"]))
+
+
+def test_held_out_emoji_never_appear_in_training_and_splits_are_disjoint(small, manifest):
     train_keys = _train_emoji_keys(small)
-    test_keys = {k for keys in manifest["split"]["test_emoji"].values() for k in keys}
-    retrieval_keys = set(manifest["split"]["retrieval_only_emoji"])
-    assert test_keys and retrieval_keys
-    assert not train_keys & test_keys
-    assert not train_keys & retrieval_keys
+    (val, val_ret), (test, test_ret) = _held_out(manifest, "val"), _held_out(manifest, "test")
+    assert val and test and test_ret
+    assert not train_keys & (val | val_ret | test | test_ret)
+    assert not (val | val_ret) & (test | test_ret)
     for name, info in manifest["concepts"].items():
-        assert info["train_emoji"] >= 1 and info["test_emoji"] >= 1, name
+        assert info["train_emoji"] >= 1 and info["val_emoji"] >= 1 and info["test_emoji"] >= 1, name
 
 
 def test_class_words_come_only_with_members_of_the_class(small, manifest):
@@ -106,7 +112,8 @@ def test_train_args_and_csv_match_the_shards(small):
     assert all(Path(r["filepath"]).is_file() for r in rows[:20])
 
 
-@pytest.mark.parametrize("set_name", ["emoji_cls", "emoji_ret"] + [f"emoji_bg_{v}" for v in BG_VARIANTS])
+@pytest.mark.parametrize("set_name", [f"{kind}_{split}" for split in SPLITS for kind in ("emoji_cls", "emoji_ret")]
+                         + [f"emoji_bg_{split}_{v}" for split in SPLITS for v in BG_VARIANTS])
 def test_clip_benchmark_loads_every_eval_set(small, set_name):
     from clip_benchmark.datasets.builder import build_dataset
 
@@ -123,14 +130,16 @@ def test_clip_benchmark_loads_every_eval_set(small, set_name):
         assert 0 <= int(target) < len(small.classnames)
 
 
-def test_background_variants_pair_the_same_foregrounds(small):
+@pytest.mark.parametrize("split", SPLITS)
+def test_background_variants_pair_the_same_foregrounds(small, split):
     def labels(variant):
-        tar = tarfile.open(small.eval_sets[small.bg_sets[variant]] / "test" / "0.tar")
+        tar = tarfile.open(small.eval_sets[small.bg_sets[split][variant]] / "test" / "0.tar")
         return [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".cls")]
 
     reference = labels("mixed_same")
     assert reference
     assert all(labels(v) == reference for v in BG_VARIANTS)
+    assert set(small.bg_sets[split].values()) <= set(small.splits[split])
 
 
 def test_second_call_reuses_the_build(small, monkeypatch):
@@ -172,15 +181,16 @@ def test_cli_prints_the_summary(small, capsys):
     assert emoji_module.main(["--out", str(small.root), "--quiet", "--image-size", "32",
                               "--max-concept-per-subgroup", "3", "--max-other-per-subgroup", "2",
                               "--concept-renders", "2", "--other-renders", "1",
-                              "--cls-images-per-class", "4", "--bg-images-per-class", "2"]) == 0
+                              "--cls-images-per-class", "4", "--bg-images-per-class", "2",
+                              "--test-fraction", "0.67"]) == 0
     out = capsys.readouterr().out
-    assert "--train-num-samples" in out and "emoji_bg_mixed_rand" in out and "OpenMoji" in out
+    assert "--train-num-samples" in out and "emoji_bg_test_mixed_rand" in out and "OpenMoji" in out
 
 
 def test_zero_shot_sets_are_class_balanced(small):
     import collections
 
-    for name in ["emoji_cls"] + [f"emoji_bg_{v}" for v in BG_VARIANTS]:
+    for name in [f"emoji_cls_{s}" for s in SPLITS] + [f"emoji_bg_{s}_{v}" for s in SPLITS for v in BG_VARIANTS]:
         tar = tarfile.open(small.eval_sets[name] / "test" / "0.tar")
         counts = collections.Counter(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".cls"))
         assert len(counts) == len(small.classnames) and len(set(counts.values())) == 1, name

@@ -1,10 +1,13 @@
-"""Fast checks of eval/: the ImageNet-to-IN-9 mapping, argument parsing, layout errors, report arithmetic."""
+"""Fast checks of eval/: the ImageNet-to-IN-9 mapping, argument parsing, layout errors, report arithmetic,
+the checkpoint identities that decide which results are reused."""
+import hashlib
+import json
 import math
 import os
 
 import pytest
 
-from xsample_openclip.eval import compare, in9, layouts, report, results, runner
+from xsample_openclip.eval import checkpoints, compare, in9, layouts, report, results, runner
 from xsample_openclip.eval.specs import (IN1K_TO_IN9, LINEAR_PROBE, ZEROSHOT_CLASSIFICATION, ZEROSHOT_RETRIEVAL,
                                         BgGap, DatasetSpec, Run, SetupError, parse_bg_gap, parse_run, parse_tasks)
 
@@ -203,3 +206,65 @@ def test_bg_gap_rows_and_report_render():
     assert "| bg | zero-shot | BG-Gap (lower is better) | 25.00 | 10.00 | -15.00 |" in text
     assert "acc5" not in text.split("All metrics")[0]  # headline metrics only
     assert "- a note" in text
+
+
+def test_checkpoint_identity_is_the_sha256_hashed_again_only_when_the_stat_changes(tmp_path, monkeypatch):
+    path = tmp_path / "epoch_latest.pt"
+    path.write_bytes(b"weights v1")
+    identity = checkpoints.identify(str(path))
+    assert identity == {"size": 10, "mtime_ns": path.stat().st_mtime_ns,
+                        "content": "sha256:" + hashlib.sha256(b"weights v1").hexdigest()}
+    assert checkpoints.identify("openai") == {"content": "pretrained:openai"}
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr(checkpoints.hashlib, "sha256", lambda: pytest.fail("hashed an unchanged file"))
+    assert checkpoints.identify(str(path), known=identity) == identity
+    assert not checkpoints.changed_since(identity, str(path))
+    os.utime(path, ns=(0, identity["mtime_ns"] + 1))  # a touch: same bytes, new mtime
+    assert checkpoints.changed_since(identity, str(path))
+    monkeypatch.setattr(checkpoints.hashlib, "sha256", real_sha256)
+    touched = checkpoints.identify(str(path), known=identity)
+    assert touched["content"] == identity["content"] and touched["mtime_ns"] == identity["mtime_ns"] + 1
+
+
+def _check_and_save(out, runs, model="m"):
+    """``checkpoints.check`` then save, as compare does; the stale runs as {name: reason}."""
+    records, stale = checkpoints.check(str(out), model, [Run(name, str(path)) for name, path in runs.items()])
+    checkpoints.save(str(out), records)
+    return {run.name: reason for run, reason in stale}
+
+
+def test_run_names_are_bound_to_checkpoint_content(tmp_path):
+    out, a, moved, other = tmp_path / "out", tmp_path / "a.pt", tmp_path / "moved.pt", tmp_path / "other.pt"
+    out.mkdir()
+    a.write_bytes(b"weights v1")
+    assert set(_check_and_save(out, {"a": a})) == {"a"}  # new: any files left in out/ are of unknown origin
+    assert _check_and_save(out, {"a": a}) == {}
+    moved.write_bytes(b"weights v1")
+    assert _check_and_save(out, {"a": moved}) == {}  # same content elsewhere (moved logs): reused
+    assert json.loads((out / "runs.json").read_text())["a"]["checkpoint"] == str(moved)
+    moved.write_bytes(b"weights v2")  # overwritten in place, same size
+    reason = _check_and_save(out, {"a": moved})["a"]
+    assert reason.startswith(f"checkpoint {moved} changed since its results were computed (was sha256 ")
+    other.write_bytes(b"weights v3")
+    with pytest.raises(SetupError, match=f"already holds results of run 'a' for {moved} .model m., not for {other}"):
+        checkpoints.check(str(out), "m", [Run("a", str(other))])
+    with pytest.raises(SetupError, match="already holds results of run 'a'"):
+        checkpoints.check(str(out), "another-model", [Run("a", str(moved))])
+    (out / "runs.json").write_text(json.dumps({"a": {"model": "m", "checkpoint": str(moved)}}))  # older version
+    assert "no record of the checkpoint content" in _check_and_save(out, {"a": moved})["a"]
+
+
+def test_forget_drops_only_that_runs_files(tmp_path):
+    out = str(tmp_path)
+    for run in ("a", "b"):
+        os.makedirs(runner.result_dir(out, run))
+        open(os.path.join(runner.result_dir(out, run), "x__zeroshot_classification.json"), "w").close()
+        os.makedirs(os.path.join(runner.feature_root(out, run), "model-ckpt-wds_x"))
+        os.makedirs(os.path.dirname(runner.classifier_path(out, run)), exist_ok=True)
+        open(runner.classifier_path(out, run), "w").close()
+    assert runner.forget(out, "a") is True
+    assert not any(os.path.exists(p) for p in (runner.result_dir(out, "a"), runner.feature_root(out, "a"),
+                                               runner.classifier_path(out, "a")))
+    assert all(os.path.exists(p) for p in (runner.result_dir(out, "b"), runner.feature_root(out, "b"),
+                                           runner.classifier_path(out, "b")))
+    assert runner.forget(out, "a") is False

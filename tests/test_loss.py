@@ -1,4 +1,7 @@
-"""The X-Sample loss against independent references: by hand, float64 numpy, finite differences, limits."""
+"""The X-Sample loss against independent references: by hand, float64 numpy, finite differences, limits;
+under bf16/fp16 autocast its value and gradients stay within measured multiples of the autocast dtype's
+unit roundoff of the fp32 ones, and those tolerances reject a loss that accumulates in half precision."""
+import contextlib
 import math
 
 import numpy as np
@@ -7,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
+from xsample_openclip.losses import fused_softmax, graph
 from xsample_openclip.losses.graph import softmax_targets as soft_targets
 from xsample_openclip.losses.softmax import XSampleLoss
 
@@ -75,7 +79,9 @@ def test_matches_float64_reference(clip_weight, image_weight, tau_s):
     out = loss_fn(img, txt, torch.tensor(12.0, dtype=torch.float64), caption_embeddings=cap, output_dict=True)
     assert set(out) == ({"xsample_loss", "xsample_image_loss"} if image_weight else {"xsample_loss"})
     expected = reference_numpy(img, txt, cap, 12.0, tau_s, clip_weight, image_weight)
-    assert sum(out.values()).item() == pytest.approx(expected, rel=1e-5)
+    # measured: relative error <= 2.2e-16 (one ulp) over these four settings; 1e-14 leaves room for another
+    # BLAS's summation order, while a wrong target (e.g. P^T, tau_s off by 1%) moves the loss by > 1e-3
+    assert sum(out.values()).item() == pytest.approx(expected, rel=1e-14, abs=0)
 
 
 def test_finite_difference_gradients():
@@ -135,22 +141,91 @@ def test_both_directions_use_row_targets_and_are_symmetric():
 
 
 def test_targets_are_fp32_without_grad_under_autocast():
-    img, txt, cap = batch(seed=7, dtype=torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        target = soft_targets(cap.requires_grad_(True), cap, 0.01)
-    assert target.dtype == torch.float32 and not target.requires_grad
+    _, _, cap = batch(n=16, d=4, e=32, seed=7, dtype=torch.float32)
+    fp32 = soft_targets(cap, cap, 0.1)
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            target = soft_targets(cap.clone().requires_grad_(True), cap, 0.1)
+        assert target.dtype == torch.float32 and not target.requires_grad
+        # bit for bit the fp32 graph: without autocast_off the similarity matmul runs in half precision
+        # (measured here: the target then is bf16, or after a cast back, 1.9e-3 (bf16) / 1.9e-4 (fp16) off)
+        assert torch.equal(target, fp32)
+
+
+# Autocast: the loss value and its gradients against fp32, at OpenCLIP's largest logit scale (100), a
+# sharp graph (tau_s 0.05) and a batch large enough (256) for half-precision accumulation to show.
+# Errors are relative (2-norm) and given in units of the autocast dtype's unit roundoff u (bf16 2^-8,
+# fp16 2^-11). Measured at this seed, bf16 / fp16:
+#   loss                       3.5e-5 / 4.6e-6   = 0.009 u / 0.009 u   -> tolerance 0.03 u
+#   image, text feature grads  1.0e-2 / 1.3e-3   = 2.6 u   / 2.7 u     -> tolerance 4 u
+#   logit-scale grad           2.1e-4 / 4.7e-5   = 0.05 u  / 0.10 u    -> tolerance 0.2 u
+# The feature gradients are bf16/fp16 tensors by design (the backward's g @ y runs in the autocast dtype),
+# hence a few u; the loss and the logit-scale gradient are accumulated in fp32 and only see rounded logits.
+# The same check with the fused loss accumulating in the autocast dtype (a wrong-dtype bug, see
+# test_autocast_tolerances_reject_half_precision_accumulation) measured, bf16 / fp16:
+#   loss 2.3e-3 / 8.8e-5 (20x / 6x its tolerance), feature grads 2.2e-2-2.7e-2 / 2.9e-3-3.6e-3 (1.4-1.8x),
+#   logit-scale grad 9.3e-3 / 6.3e-4 (12x / 6x).
+# A graph built without autocast_off (targets from a half-precision matmul) is caught exactly by
+# test_targets_are_fp32_without_grad_under_autocast; here it moved the bf16 loss by 2.0e-4 (1.7x).
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+AUTOCAST_TOLERANCE_U = {"loss": 0.03, "image grad": 4.0, "text grad": 4.0, "logit_scale grad": 0.2}
+
+
+def autocast_errors(dtype):
+    """Relative errors of (loss, image grad, text grad, logit_scale grad) under autocast vs fp32."""
+    img, txt, cap = batch(n=256, d=64, e=16, seed=0, dtype=torch.float32)
+    loss_fn = XSampleLoss(tau_s=0.05, image_weight=0.5)
+
+    def run(autocast_dtype):
+        i, t = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
+        scale = torch.tensor(100.0, requires_grad=True)
+        if autocast_dtype is None:
+            loss = loss_fn(i, t, scale, caption_embeddings=cap)
+        else:
+            with torch.autocast("cpu", dtype=autocast_dtype):
+                loss = loss_fn(i.to(autocast_dtype), t.to(autocast_dtype), scale, caption_embeddings=cap)
+            assert loss.dtype == torch.float32
+        loss.backward()  # outside autocast, as OpenCLIP's training step does
+        return loss.detach(), i.grad, t.grad, scale.grad
+
+    errors = {}
+    for name, a, b in zip(AUTOCAST_TOLERANCE_U, run(dtype), run(None)):
+        assert a is not None and a.dtype == torch.float32 and torch.isfinite(a).all(), name
+        errors[name] = ((a - b).norm() / b.norm()).item()
+    return errors
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_matches_fp32(dtype):
-    img, txt, cap = batch(n=16, d=32, seed=8, dtype=torch.float32)
-    scale = torch.tensor(50.0)
-    loss_fn = XSampleLoss(tau_s=0.05, image_weight=0.5)
-    ref = loss_fn(img, txt, scale, caption_embeddings=cap)
-    with torch.autocast("cpu", dtype=dtype):
-        amp = loss_fn(img.to(dtype), txt.to(dtype), scale, caption_embeddings=cap)
-    assert amp.dtype == torch.float32
-    assert amp.item() == pytest.approx(ref.item(), rel=2e-2)
+    errors = autocast_errors(dtype)
+    too_large = {name: f"{err:.2e} > {AUTOCAST_TOLERANCE_U[name] * UNIT_ROUNDOFF[dtype]:.2e}"
+                 for name, err in errors.items() if err > AUTOCAST_TOLERANCE_U[name] * UNIT_ROUNDOFF[dtype]}
+    assert not too_large
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_tolerances_reject_half_precision_accumulation(monkeypatch, dtype):
+    """The tolerances above are sharp: a fused loss whose logsumexp, target and scale live in the autocast
+    dtype instead of fp32 (one wrong dtype in ``_prepare``) fails every one of the four checks."""
+    def prepare_in_half(x, y, scale, target):
+        mm_dtype = fused_softmax._matmul_dtype(x, y)
+        return x.to(mm_dtype), y.to(mm_dtype), fused_softmax.as_scalar(scale, x, mm_dtype), target.to(mm_dtype)
+
+    monkeypatch.setattr(fused_softmax, "_prepare", prepare_in_half)
+    errors = autocast_errors(dtype)
+    for name, err in errors.items():
+        assert err > AUTOCAST_TOLERANCE_U[name] * UNIT_ROUNDOFF[dtype], (name, err)
+
+
+def test_targets_under_autocast_without_autocast_off_are_caught(monkeypatch):
+    """The exact-equality check above fails when the graph is built under autocast (autocast_off removed)."""
+    _, _, cap = batch(n=16, d=4, e=32, seed=7, dtype=torch.float32)
+    fp32 = soft_targets(cap, cap, 0.1)
+    monkeypatch.setattr(graph, "autocast_off", lambda device: contextlib.nullcontext())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        target = soft_targets(cap, cap, 0.1)
+    assert target.dtype != torch.float32 or not torch.equal(target, fp32)
+    assert (target.float() - fp32).abs().max() > 1e-3
 
 
 def test_gradient_accumulation_protocol_equals_full_batch():

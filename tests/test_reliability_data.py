@@ -15,6 +15,7 @@ from open_clip import get_tokenizer
 from open_clip_train import distributed, params
 
 import tiny_data
+from xsample_openclip.data import writers
 from fault_runner import MODEL, csv_args, run_main, train_argv
 from xsample_openclip.targets.decode import TokenDecoder
 from xsample_openclip.targets.embedders import OnlineCaptionEmbeddings
@@ -119,14 +120,9 @@ def test_batch_of_one(tmp_path):
 
 def _csv(tmp_path, rows):
     root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    lines = ["filepath\ttitle"]
-    for i, (caption, colour, shape, place) in enumerate(rows):
-        path = root / "images" / f"{i:05d}.jpg"
-        tiny_data.render(colour, shape, place).save(path)
-        lines.append(f"{path}\t{caption}")
-    (root / "train.csv").write_text("\n".join(lines) + "\n")
-    return root / "train.csv"
+    samples = [(f"{i:05d}", writers.jpeg_bytes(tiny_data.render(colour, shape, place)), caption)
+               for i, (caption, colour, shape, place) in enumerate(rows)]
+    return writers.write_csv(root / "train.csv", samples, root / "images")
 
 
 def test_caption_stats_count_each_step_once_under_gradient_accumulation():
@@ -158,12 +154,12 @@ def faulty_shards(root):
     """4 shards of 16: #1 truncated mid-member, #2 not a tar at all, #3 with a caption that is not UTF-8
     and an image that is not a JPEG."""
     pattern = tiny_data.write_shards(root, n=64, shards=4)
-    raw = (root / "00001.tar").read_bytes()
-    (root / "00001.tar").write_bytes(raw[: len(raw) // 2 + 100])
-    (root / "00002.tar").write_bytes(np.random.default_rng(0).bytes(5000))
-    with tarfile.open(root / "00003.tar") as tar:
+    raw = (root / "000001.tar").read_bytes()
+    (root / "000001.tar").write_bytes(raw[: len(raw) // 2 + 100])
+    (root / "000002.tar").write_bytes(np.random.default_rng(0).bytes(5000))
+    with tarfile.open(root / "000003.tar") as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar]
-    with tarfile.open(root / "00003.tar", "w") as tar:
+    with tarfile.open(root / "000003.tar", "w") as tar:
         for member, data in members:
             if member.name == "00050.txt":
                 data = b"a caf\xe9 \xff"

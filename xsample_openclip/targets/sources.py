@@ -2,11 +2,15 @@
 
 ``--train-data`` syntax (``::`` between sources, braces inside each), CSV columns as the plugin's CSV
 loader reads them (bytes that are not UTF-8 become U+FFFD; an empty cell is the text "nan") and
-webdataset ``.txt`` members. Where OpenCLIP's webdataset loader skips a sample with a warning (a
-``.txt`` that is not valid UTF-8) or a shard (not a readable tar), the reader skips it too and counts
-it in ``ReadReport``, so a table holds exactly the captions training will see.
+webdataset members that OpenCLIP's pipeline takes as captions (``is_caption_member``). Where OpenCLIP's
+webdataset loader skips a sample with a warning (a ``.txt`` that is not valid UTF-8) or the rest of a
+shard (not a readable tar, or truncated), the reader skips it too and counts it in ``ReadReport``, so a
+table holds every caption training will see. Captions of samples OpenCLIP drops for image reasons (no
+image member, an image that does not decode) are kept: a table may hold a few captions more, never fewer.
 """
+import hashlib
 import logging
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +20,23 @@ from .decode import clean_caption_text
 
 READ_CHUNK = 4096
 
+#: webdataset's ``base_plus_ext``: a member's sample key, and its extensions after the name's first dot.
+_WDS_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+#: webdataset's ``skip_meta``: ``__name__`` members are never sample parts.
+_WDS_META = re.compile(r"__[^/]*__($|/)")
+
 
 def expand_sources(train_data: str) -> List[str]:
     """OpenCLIP's ``--train-data`` syntax: ``::`` between sources, braces inside each."""
     import braceexpand
 
     return [p for src in train_data.split("::") for p in braceexpand.braceexpand(src)]
+
+
+def sources_digest(sources: List[str]) -> str:
+    """Short fingerprint of a source list: shard jobs of one --train-data agree on it, so a merge can
+    tell shards built from other data apart."""
+    return hashlib.sha256("\n".join(sources).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def source_kind(source, dataset_type="auto"):
@@ -38,6 +53,24 @@ class ReadReport:
     skipped_not_utf8: int = 0
     unreadable_sources: List[str] = field(default_factory=list)
 
+    def meta(self) -> dict:
+        """The read as a table's meta.json records it (so a merge can sum the shards' reads)."""
+        return {"captions_read": self.captions, "skipped_not_utf8": self.skipped_not_utf8,
+                "unreadable_sources": list(self.unreadable_sources)}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "ReadReport":
+        """The read a table's meta.json recorded (tables from before these fields: captions only)."""
+        return cls(int(meta.get("captions_read", 0)), int(meta.get("skipped_not_utf8", 0)),
+                   list(meta.get("unreadable_sources", [])))
+
+    @classmethod
+    def combined(cls, reports) -> "ReadReport":
+        """One report for reads split over several processes or shard jobs."""
+        reports = list(reports)
+        return cls(sum(r.captions for r in reports), sum(r.skipped_not_utf8 for r in reports),
+                   [s for r in reports for s in r.unreadable_sources])
+
     def summary(self) -> str:
         parts = [f"{self.captions} captions read"]
         if self.skipped_not_utf8:
@@ -47,6 +80,16 @@ class ReadReport:
             parts.append(f"{len(self.unreadable_sources)} source(s) unreadable and skipped "
                          f"(OpenCLIP's loader skips them too), e.g. {self.unreadable_sources[0]}")
         return "; ".join(parts)
+
+
+def is_caption_member(name: str) -> bool:
+    """Whether OpenCLIP's webdataset pipeline takes this tar member as its sample's caption: not a
+    ``__meta__`` member, and its extensions (all after the file name's first dot, lowercased, as
+    webdataset groups them) are exactly ``txt`` ("0001.TXT" is a caption, "0001.en.txt" is not)."""
+    if _WDS_META.match(name):
+        return False
+    match = _WDS_MEMBER.match(name)
+    return bool(match) and match.group(2).lower() == "txt"
 
 
 def iter_source(source, kind, caption_key="title", separator="\t", report=None) -> Iterator[str]:
@@ -64,7 +107,7 @@ def iter_source(source, kind, caption_key="title", separator="\t", report=None) 
         try:
             with tarfile.open(source, "r|*") as tar:
                 for member in tar:
-                    if not (member.isfile() and member.name.rsplit(".", 1)[-1] == "txt"):
+                    if not (member.isfile() and is_caption_member(member.name)):
                         continue
                     try:
                         text = tar.extractfile(member).read().decode("utf-8")

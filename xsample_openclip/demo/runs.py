@@ -15,7 +15,7 @@ import sys
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -38,9 +38,17 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One training run: its loss flags and seed; optionally its own settings (a fine-tuning stage) and
+    the checkpoint it starts from (OpenCLIP's ``--pretrained PATH``)."""
+
     name: str
     loss_args: tuple
     seed: int
+    settings: Optional[TrainSettings] = None
+    pretrained: Optional[str] = None
+
+    def settings_or(self, default: TrainSettings) -> TrainSettings:
+        return self.settings or default
 
 
 @dataclass
@@ -53,6 +61,8 @@ class TrainData:
 
 
 def command(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path) -> List[str]:
+    settings = spec.settings_or(settings)
+    pretrained = ["--pretrained", spec.pretrained] if spec.pretrained else []
     return [
         sys.executable, "-m", "open_clip_train.main",
         "--train-data", data.csv, "--dataset-type", "csv", *data.csv_args,
@@ -60,17 +70,18 @@ def command(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path)
         "--lr", str(settings.lr), "--wd", str(settings.wd), "--warmup", str(settings.warmup),
         "--precision", settings.precision, "--device", "cpu", "--workers", "1",
         "--save-frequency", "0", "--log-every-n-steps", "10", "--seed", str(spec.seed),
-        f"--logs={logs}", "--name", spec.name, *spec.loss_args, *settings.extra,
+        f"--logs={logs}", "--name", spec.name, *pretrained, *spec.loss_args, *settings.extra,
     ]
 
 
 def run_key(spec: RunSpec, data: TrainData, settings: TrainSettings) -> str:
-    blob = json.dumps([asdict(spec), asdict(settings), data.csv, data.num_samples], sort_keys=True)
+    start = Path(spec.pretrained).stat().st_mtime_ns if spec.pretrained else None
+    blob = json.dumps([asdict(spec), asdict(settings), data.csv, data.num_samples, start], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
 def checkpoint_of(logs: Path, spec: RunSpec, settings: TrainSettings) -> Path:
-    return logs / spec.name / "checkpoints" / f"epoch_{settings.epochs}.pt"
+    return logs / spec.name / "checkpoints" / f"epoch_{spec.settings_or(settings).epochs}.pt"
 
 
 def train(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path, bar_position: int = 0) -> Path:
@@ -82,6 +93,7 @@ def train(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path, b
     if ckpt.is_file() and stamp.is_file() and stamp.read_text() == key:
         return ckpt
     shutil.rmtree(logs / spec.name, ignore_errors=True)  # an unfinished or outdated run
+    settings = spec.settings_or(settings)
     steps_per_epoch = data.num_samples // settings.batch_size
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     cmd = command(spec, data, settings, logs)
@@ -131,3 +143,18 @@ def train_all(specs: Sequence[RunSpec], data: TrainData, settings: TrainSettings
     if errors:
         raise errors[0]
     return {spec.name: results[spec.name] for spec in specs}
+
+
+_STEP_LOSS = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+).* Loss: ([0-9.eE+-]+) \(")
+
+
+def loss_curve(out_log: Path):
+    """(epoch fractions, logged total loss) from an OpenCLIP out.log (every --log-every-n-steps)."""
+    xs, ys = [], []
+    for line in Path(out_log).read_text().splitlines():
+        m = _STEP_LOSS.search(line)
+        if m:
+            epoch, seen, total, loss = m.groups()
+            xs.append(int(epoch) + int(seen) / int(total))
+            ys.append(float(loss))
+    return xs, ys

@@ -1,0 +1,162 @@
+"""``python -m xsample_openclip.demo``: X-Sample against the stock OpenCLIP loss, end to end, on a CPU.
+
+    python -m xsample_openclip.demo --out runs/demo                         # the main job (~10 min)
+    python -m xsample_openclip.demo --out runs/s3 --seeds 0 1 2             # 3 seeds, paired differences
+    python -m xsample_openclip.demo --out runs/sweep --split val --variant tau0.1='--xsample-tau-s 0.1' ...
+    python -m xsample_openclip.demo --out runs/sig --family sigmoid         # stock SigLIP vs X-Sample SigLIP
+    python -m xsample_openclip.demo --out runs/ft --finetune                # fine-tune a trained stock CLIP
+    python -m xsample_openclip.demo --out runs/shapes --dataset shapes      # attribute-heavy captions
+    python -m xsample_openclip.demo --out runs/bg --data-variant decorrelated   # backgrounds carry no class
+
+1. builds the data (cached under OUT/data); 2. trains the baseline (``--loss clip``, or ``--loss clip
+--siglip`` for the sigmoid family) and every X-Sample variant with identical settings, data order and
+steps through ``python -m open_clip_train.main``, once per seed (finished runs are reused); with
+``--finetune`` the baseline is the pretraining and every loss then continues from its checkpoint for
+``--finetune-epochs`` (``--pretrained PATH``: equal compute after the switch); 3. evaluates every
+checkpoint on the split's held-out sets with clip_benchmark through ``eval.compare`` (``val`` for
+choosing settings, ``test`` for reporting); 4. prints the summary (mean +- std per loss, paired
+differences per seed) and writes OUT/summary-<split>.md, comparison and loss-curve plots.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from .datasets import DATASETS, data_folder
+from .runs import RunSpec, TrainData, TrainSettings, loss_curve, train_all
+
+#: The default comparison (the README's main command).
+DEFAULT_SETTINGS = TrainSettings(model="xs-tiny-vit-64", epochs=12, batch_size=64, lr=5e-4, wd=0.1, warmup=50)
+FAMILIES = {
+    # family: (baseline name, baseline flags, X-Sample loss, default model)
+    "softmax": ("clip", ("--loss", "clip"), "xsample", "xs-tiny-vit-64"),
+    "sigmoid": ("siglip", ("--loss", "clip", "--siglip"), "xsample-siglip", "xs-tiny-siglip-64"),
+}
+
+
+def parse_variant(text):
+    """``NAME=FLAGS``: an X-Sample run named NAME with extra ``--xsample-*`` flags."""
+    name, sep, flags = text.partition("=")
+    if not sep or not name.replace("_", "").replace(".", "").replace("-", "").isalnum():
+        raise argparse.ArgumentTypeError(f"expected NAME=FLAGS (e.g. tau0.1='--xsample-tau-s 0.1'), got {text!r}")
+    return name, tuple(shlex.split(flags))
+
+
+def run_specs(seeds, family, variants, settings=None, pretrained=None, prefix=""):
+    """The baseline and every X-Sample variant, per seed (runs are named [PREFIX]NAME-sSEED)."""
+    base_name, base_flags, xs_loss, _ = FAMILIES[family]
+    specs = []
+    for seed in seeds:
+        start = pretrained[seed] if pretrained else None
+        specs.append(RunSpec(f"{prefix}{base_name}-s{seed}", base_flags, seed, settings, start))
+        for name, flags in variants:
+            specs.append(RunSpec(f"{prefix}{name}-s{seed}", ("--loss", xs_loss, *flags), seed, settings, start))
+    return specs
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m xsample_openclip.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="working folder: data, logs, eval results, summaries")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="emoji")
+    p.add_argument("--data-variant", default="default", help="emoji: 'decorrelated' (backgrounds carry no class)")
+    p.add_argument("--split", choices=("val", "test"), default="test",
+                   help="held-out sets to evaluate: val to choose settings, test to report (default)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one run per loss each)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the data build and split")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="softmax",
+                   help="softmax: CLIP vs X-Sample; sigmoid: SigLIP vs X-Sample SigLIP")
+    p.add_argument("--epochs", type=int, default=DEFAULT_SETTINGS.epochs)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_SETTINGS.batch_size)
+    p.add_argument("--lr", type=float, default=DEFAULT_SETTINGS.lr)
+    p.add_argument("--warmup", type=int, default=DEFAULT_SETTINGS.warmup)
+    p.add_argument("--model", default=None, help="default: xs-tiny-vit-64 (softmax), xs-tiny-siglip-64 (sigmoid)")
+    p.add_argument("--variant", type=parse_variant, action="append", dest="variants",
+                   help="an X-Sample run NAME=FLAGS, repeatable (a sweep); all share the baseline "
+                        "(default: one run with the package's defaults)")
+    p.add_argument("--finetune", action="store_true",
+                   help="pretrain the baseline for --epochs, then continue every loss from it")
+    p.add_argument("--finetune-epochs", type=int, default=6)
+    p.add_argument("--finetune-lr", type=float, default=None, help="default: --lr / 2")
+    p.add_argument("--parallel", type=int, default=2, help="runs trained at once (one thread each)")
+    args = p.parse_args(argv)
+    if args.data_variant not in DATASETS[args.dataset].variants:
+        p.error(f"--data-variant for {args.dataset}: one of {DATASETS[args.dataset].variants}")
+    return args
+
+
+def _train(args, data, out: Path):
+    """Train every run; returns (settings, {run: checkpoint}, the names of the compared losses)."""
+    base_name, _, xs_loss, default_model = FAMILIES[args.family]
+    settings = TrainSettings(model=args.model or default_model, epochs=args.epochs, batch_size=args.batch_size,
+                             lr=args.lr, wd=DEFAULT_SETTINGS.wd, warmup=args.warmup)
+    train_data = TrainData(csv=str(data.train_csv), num_samples=data.train_num_samples)
+    variants = args.variants or [(xs_loss, ())]
+    logs = out / "logs"
+    if not args.finetune:
+        checkpoints = train_all(run_specs(args.seeds, args.family, variants), train_data, settings, logs,
+                                parallel=args.parallel)
+        return settings, checkpoints, [base_name] + [name for name, _ in variants], variants
+    pretrain = train_all(run_specs(args.seeds, args.family, []), train_data, settings, logs, parallel=args.parallel)
+    stage = dataclasses.replace(settings, epochs=args.finetune_epochs, lr=args.finetune_lr or args.lr / 2,
+                                warmup=min(settings.warmup, 10))
+    starts = {seed: str(pretrain[f"{base_name}-s{seed}"]) for seed in args.seeds}
+    specs = run_specs(args.seeds, args.family, variants, stage, starts, prefix="ft-")
+    checkpoints = train_all(specs, train_data, settings, logs, parallel=args.parallel)
+    return stage, checkpoints, [f"ft-{base_name}"] + [f"ft-{name}" for name, _ in variants], variants
+
+
+def _describe(args, settings, variants, losses):
+    lines = [f"data: {args.dataset}" + (f" ({args.data_variant})" if args.data_variant != "default" else "")
+             + f", split {args.split}; model {settings.model}, {settings.epochs} epochs, batch {settings.batch_size}, "
+             f"lr {settings.lr}, wd {settings.wd}, warmup {settings.warmup}; seeds {args.seeds}"]
+    if args.finetune:
+        lines.append(f"fine-tuning: every loss continues from the stock baseline trained {args.epochs} epochs "
+                     f"(--pretrained), for {settings.epochs} epochs at lr {settings.lr}")
+    lines += [f"{losses[0]}: {' '.join(FAMILIES[args.family][1])}"]
+    lines += [f"{loss}: --loss {FAMILIES[args.family][2]} {' '.join(flags)}".rstrip()
+              for loss, (_, flags) in zip(losses[1:], variants)]
+    return lines
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from .. import model_configs
+    from ..eval.compare import compare
+    from . import plots
+    from .summary import summarize
+
+    model_configs.register()
+    out = Path(args.out).resolve()
+    dataset = DATASETS[args.dataset]
+    model = args.model or FAMILIES[args.family][3]
+    image_size = 32 if model.endswith("-32") else 64
+    data = dataset.build(data_folder(out, dataset, args.data_variant, args.data_seed, image_size), args.data_seed,
+                         image_size, args.data_variant)
+    settings, checkpoints, losses, variants = _train(args, data, out)
+    runs = {f"{loss}-s{seed}": str(checkpoints[f"{loss}-s{seed}"]) for loss in losses for seed in args.seeds}
+    specs, gaps = dataset.eval_specs(data, args.split)
+    comparison = compare(settings.model, runs, specs, tasks=("zeroshot",), out=str(out / f"eval-{args.split}"),
+                         bg_gaps=gaps, num_workers=0)
+    header = _describe(args, settings, variants, losses)
+    table, rows = summarize(comparison.csv, out, losses, dataset.headline, args.split, dataset.primary,
+                            args.seeds, header)
+    title = (f"{' vs '.join(losses)} on {args.dataset} ({args.split} split), "
+             f"{len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}")
+    plot = plots.comparison(out / f"comparison-{args.split}.png", rows, losses, title)
+    curves = {loss: {seed: loss_curve(out / "logs" / f"{loss}-s{seed}" / "out.log") for seed in args.seeds}
+              for loss in losses}
+    curve_plot = plots.loss_curves(out / "loss-curves.png", curves, f"training loss, {args.dataset}")
+    print(table)
+    print(f"\nsummary: {out / f'summary-{args.split}.md'}\nplots: {plot}, {curve_plot}\n"
+          f"per-run report: {comparison.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Seeds aggregated per loss: mean +- std, and the paired difference to the baseline per seed.
+
+Runs are named ``LOSS-sSEED``; every loss is trained once per seed with the same data order (the CSV
+loader is bit-reproducible for a seed), so ``LOSS-sK`` minus ``BASELINE-sK`` is a paired difference:
+its spread over seeds, next to the losses' own spread, shows whether a gain exceeds the seed noise.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+
+def split_run(run_name: str):
+    """(loss, seed) of ``LOSS-sSEED``."""
+    loss, _, seed = run_name.rpartition("-s")
+    return loss, int(seed)
+
+
+def collect(results_csv) -> Dict[tuple, Dict[int, float]]:
+    """(loss, dataset, metric) -> {seed: value in %}."""
+    values = defaultdict(dict)
+    with open(results_csv) as f:
+        for row in csv.DictReader(f):
+            loss, seed = split_run(row["run"])
+            values[(loss, row["dataset"], row["metric"])][seed] = 100 * float(row["value"])
+    return values
+
+
+def mean_std(values: Sequence[float]):
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(mean, std, n, sign=False):
+    if mean is None:
+        return "n/a"
+    head = f"{mean:+.1f}" if sign else f"{mean:.1f}"
+    return head if n < 2 else f"{head} ± {std:.1f}"
+
+
+def paired(values: Dict[int, float], base: Dict[int, float]) -> Dict[int, float]:
+    return {seed: values[seed] - base[seed] for seed in sorted(values) if seed in base}
+
+
+def summary_rows(values, losses: Sequence[str], headline, split: str, primary: Sequence[str]):
+    """One dict per headline number (plus the primary score): per loss {seed: value}, per variant the
+    paired differences to the first loss."""
+    rows = []
+    for h in headline:
+        per_loss = {loss: values.get((loss, h.at(split), h.metric), {}) for loss in losses}
+        rows.append({"label": h.label, "lower_is_better": h.lower_is_better, "values": per_loss})
+    by_label = {r["label"]: r for r in rows}
+    parts = [by_label[label] for label in primary if label in by_label]
+    if len(parts) > 1:
+        combined = {loss: {seed: statistics.mean(p["values"][loss][seed] for p in parts)
+                           for seed in parts[0]["values"][loss] if all(seed in p["values"][loss] for p in parts)}
+                    for loss in losses}
+        rows.insert(0, {"label": "primary: mean of " + " and ".join(primary), "lower_is_better": False,
+                        "values": combined})
+    for row in rows:
+        base = row["values"].get(losses[0], {})
+        row["paired"] = {loss: paired(row["values"][loss], base) for loss in losses[1:]}
+    return rows
+
+
+def markdown(rows, losses: Sequence[str], seeds: Sequence[int], header: Sequence[str] = ()) -> str:
+    n = len(seeds)
+    head = [f"| metric (%; {n} seed{'s' if n > 1 else ''}: {', '.join(map(str, seeds))}) | "
+            + " | ".join(losses) + " | " + " | ".join(f"Δ {v} − {losses[0]}, paired" for v in losses[1:])
+            + " | " + " | ".join(f"Δ per seed ({v})" for v in losses[1:]) + " |",
+            "|---|" + "---:|" * (len(losses) + 2 * (len(losses) - 1))]
+    for row in rows:
+        if not any(row["values"].values()):
+            continue
+        cells = [fmt(*mean_std(list(row["values"][loss].values())), n) for loss in losses]
+        deltas = [fmt(*mean_std(list(row["paired"][loss].values())), n, sign=True) for loss in losses[1:]]
+        per_seed = [", ".join(f"{d:+.1f}" for d in row["paired"][loss].values()) or "n/a" for loss in losses[1:]]
+        label = row["label"] + (" (lower is better)" if row["lower_is_better"] else "")
+        head.append(f"| {label} | " + " | ".join(cells + deltas + per_seed) + " |")
+    return "\n".join(list(header) + ([""] if header else []) + head)
+
+
+def summarize(results_csv, out_dir, losses, headline, split, primary, seeds, header=()):
+    """Write summary-<split>.md and .json under ``out_dir``; return the markdown table and the rows."""
+    rows = summary_rows(collect(results_csv), losses, headline, split, primary)
+    table = markdown(rows, losses, seeds, header)
+    out_dir = Path(out_dir)
+    (out_dir / f"summary-{split}.md").write_text(table + "\n")
+    (out_dir / f"summary-{split}.json").write_text(json.dumps(
+        {"split": split, "losses": list(losses), "seeds": list(seeds), "header": list(header),
+         "rows": [{**r, "values": {k: {str(s): v for s, v in d.items()} for k, d in r["values"].items()},
+                   "paired": {k: {str(s): v for s, v in d.items()} for k, d in r["paired"].items()}}
+                  for r in rows]}, indent=1) + "\n")
+    return table, rows
+
+
+def primary_score(rows: List[dict], loss: str):
+    """Mean over seeds of the first row (the primary number) for ``loss``."""
+    return mean_std(list(rows[0]["values"].get(loss, {}).values()))[0] if rows else None
