@@ -9,16 +9,17 @@ What counts as fatal depends on the precision:
   optimizer would write NaN into the weights.
 - ``--precision amp`` (fp16 autocast with OpenCLIP's GradScaler): an overflow is expected now and then;
   the scaler skips the step (weights untouched) and halves its scale. A transient non-finite loss is
-  logged (how many steps were skipped) and training goes on. The run stops when the loss stays
-  non-finite for ``AMP_PATIENCE`` consecutive optimizer steps: the scaler has then halved its scale that
-  many times without a single finite step, so waiting longer only shrinks it further.
+  logged (how many steps were skipped since the last report, and the first of them) and training goes
+  on. The run stops when the loss stays non-finite for ``AMP_PATIENCE`` consecutive optimizer steps,
+  counted across epoch boundaries (``Streak`` outlives each epoch's guard): the scaler has then halved
+  its scale that many times without a single finite step, so waiting longer only shrinks it further.
 
 Cost. Each loss call records, on the loss's device and without a synchronisation, the first bad step,
-the current streak of bad steps and how many steps were bad (a handful of element-wise kernels on 0-d
-tensors). The record is read only where OpenCLIP itself calls ``.item()`` on the loss to log it (every
+the current streak of bad steps and how many steps were bad since the last report (a handful of
+element-wise kernels on 0-d tensors). The record is read only where OpenCLIP itself calls ``.item()`` on the loss to log it (every
 ``--log-every-n-steps`` steps and at the epoch's last step) and once more when the epoch ends, before
-``main`` can save: one device-to-host read of 3 integers at points where the host already waits for
-the device. In a distributed run that read is preceded by one ``all_reduce`` (MIN) of those 3 integers
+``main`` can save: one device-to-host read of 4 integers at points where the host already waits for
+the device. In a distributed run that read is preceded by one ``all_reduce`` (MIN) of those 4 integers
 across ranks, so every rank stops at the same check and none is left waiting in a collective: one
 extra small collective per logging step, no per-step synchronisation (``python -m xsample_openclip.bench
 --sections guard`` measures it on CPU gloo).
@@ -39,6 +40,23 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the run stops before any checkpoint is written."""
 
 
+class Streak:
+    """The current run of non-finite optimizer steps (length, first step), kept across epochs by the
+    training loop and shared with each epoch's guard; 0-d int64 tensors on the loss's device."""
+
+    def __init__(self):
+        self.length = None
+        self.start = None
+
+    def update(self, bad, step):
+        if self.length is None:
+            self.length = torch.zeros((), dtype=torch.long, device=bad.device)
+            self.start = torch.full((), _NONE, dtype=torch.long, device=bad.device)
+        self.start = torch.where(bad & (self.length == 0), step, self.start)
+        self.length = torch.where(bad, self.length + 1, 0)
+        return self.length, self.start
+
+
 class FiniteLossGuard:
     """Wraps the loss ``train_one_epoch`` calls; records non-finite steps; raises at checks.
 
@@ -46,7 +64,7 @@ class FiniteLossGuard:
     """
 
     def __init__(self, loss, epoch, batches_per_epoch, accum_freq=1, log_every_n_steps=100,
-                 checkpoint_path=None, distributed=False, grad_scaler=False, patience=AMP_PATIENCE):
+                 checkpoint_path=None, distributed=False, grad_scaler=False, patience=AMP_PATIENCE, streak=None):
         object.__setattr__(self, "_loss", loss)
         self._epoch = epoch
         self._batches = max(1, batches_per_epoch)
@@ -57,8 +75,10 @@ class FiniteLossGuard:
         self._patience = patience if grad_scaler else 1
         self._grad_scaler = grad_scaler
         self._calls = 0
-        self._state = None       # int64 [first bad step, first step of a fatal streak, -bad steps], on device
-        self._streak = None      # int64 0-d: current run of bad steps
+        # int64 on the loss's device: [first bad step, first step of a fatal streak,
+        #                              -(bad steps since the last report), first bad step since then]
+        self._state = None
+        self._streak = streak if streak is not None else Streak()
         self._step_bad = None    # bool 0-d: any bad call in the current optimizer step
         self._first_value = None
 
@@ -88,21 +108,21 @@ class FiniteLossGuard:
             total = total.float()
             device = total.device
             if self._state is None:
-                self._state = torch.tensor([_NONE, _NONE, 0], dtype=torch.long, device=device)
-                self._streak = torch.zeros((), dtype=torch.long, device=device)
+                self._state = torch.tensor([_NONE, _NONE, 0, _NONE], dtype=torch.long, device=device)
                 self._step_bad = torch.zeros((), dtype=torch.bool, device=device)
                 self._first_value = torch.zeros((), dtype=torch.float32, device=device)
             bad = ~torch.isfinite(total)
             new_first = bad & (self._state[0] == _NONE)
             self._first_value = torch.where(new_first, total, self._first_value)
             self._state[0] = torch.where(new_first, step, self._state[0])
+            self._state[3] = torch.where(bad & (self._state[3] == _NONE), step, self._state[3])
             self._step_bad = self._step_bad | bad
             if not end_of_step:
                 return
-            self._streak = torch.where(self._step_bad, self._streak + 1, 0)
+            length, start = self._streak.update(self._step_bad, step)
             self._state[2] -= self._step_bad.long()
-            fatal = (self._streak >= self._patience) & (self._state[1] == _NONE)
-            self._state[1] = torch.where(fatal, step - self._patience + 1, self._state[1])
+            fatal = (length >= self._patience) & (self._state[1] == _NONE)
+            self._state[1] = torch.where(fatal, start, self._state[1])
             self._step_bad = torch.zeros_like(self._step_bad)
 
     def check(self):
@@ -110,21 +130,22 @@ class FiniteLossGuard:
         if self._state is None:
             if not self._distributed:
                 return
-            state = torch.tensor([_NONE, _NONE, 0], dtype=torch.long, device=_collective_device())
+            state = torch.tensor([_NONE, _NONE, 0, _NONE], dtype=torch.long, device=_collective_device())
         else:
             state = self._state.clone()
         if self._distributed:
             torch.distributed.all_reduce(state, op=torch.distributed.ReduceOp.MIN)
-        first, fatal, minus_bad = state.tolist()
+        first, fatal, minus_bad, first_since = state.tolist()
         if fatal != _NONE:
             self._stop(first, fatal)
         if minus_bad and self._grad_scaler:
             logging.warning(
                 f"{-minus_bad} optimizer step(s) up to epoch {self._epoch} had a non-finite loss (fp16 overflow, "
-                f"first at step {first}); GradScaler skipped them and lowered its scale. Training goes on; it "
-                f"stops if {self._patience} consecutive steps are non-finite.")
+                f"first at step {first_since}); GradScaler skipped them and lowered its scale. Training goes on; "
+                f"it stops if {self._patience} consecutive steps are non-finite.")
             if self._state is not None:
                 self._state[2] = 0
+                self._state[3] = _NONE
 
     def _stop(self, first, fatal):
         value = "not finite"

@@ -21,7 +21,7 @@ import torch
 
 from xsample_openclip import registry
 
-from .finite import FiniteLossGuard
+from .finite import FiniteLossGuard, Streak
 
 
 class TokenTap:
@@ -116,12 +116,14 @@ def wrap_train_one_epoch(stock):
         if plugin_loss is not None and plugin_loss.needs_batch_tokens:
             bound.arguments["model"], bound.arguments["data"] = with_token_tap(model, data, "train")
         guard = None
-        if registry.loss_run(args) is not None and getattr(args, "loss", "clip") != "clip":
+        run = registry.loss_run(args)
+        if run is not None and args.loss != "clip":
             accum = max(1, getattr(args, "accum_freq", 1))
             guard = FiniteLossGuard(
                 loss, epoch, data["train"].dataloader.num_batches // accum, accum,
                 getattr(args, "log_every_n_steps", 100), getattr(args, "checkpoint_path", None),
-                distributed=_distributed(args), grad_scaler=bound.arguments.get("scaler") is not None)
+                distributed=_distributed(args), grad_scaler=bound.arguments.get("scaler") is not None,
+                streak=run.loop_state.setdefault("non_finite_streak", Streak()))
             bound.arguments["loss"] = guard
         result = stock(*bound.args, **bound.kwargs)
         if guard is not None:

@@ -84,24 +84,25 @@ def csv_rows(csv):
 
 
 @torch.no_grad()
-def features(init, csv, model=MODEL):
-    """float64 image and text features and logit scale of ``init`` on every sample, in CSV order,
-    through the training transform (whole-image crops: deterministic)."""
+def features(init, csv, model=MODEL, train=True, bias=False):
+    """float64 image and text features and logit scale (and bias) of ``init`` on every sample, in CSV
+    order, through the training transform (whole-image crops: deterministic) or the validation one."""
     import open_clip
     from PIL import Image
 
     from xsample_openclip import model_configs
 
     model_configs.register()
-    net, preprocess, _ = open_clip.create_model_and_transforms(model, pretrained=init, aug_cfg={"scale": (1.0, 1.0)},
-                                                               output_dict=True)
+    net, train_tf, val_tf = open_clip.create_model_and_transforms(model, pretrained=init, output_dict=True,
+                                                                  aug_cfg={"scale": (1.0, 1.0)})
+    preprocess = train_tf if train else val_tf
     net.eval()
     paths, captions = csv_rows(csv)
     images = torch.stack([preprocess(Image.open(p)) for p in paths])
     tokens = open_clip.get_tokenizer(model)(captions)
     out = net(images, tokens)
-    return (out["image_features"].double(), out["text_features"].double(),
-            float(out["logit_scale"]), captions)
+    found = (out["image_features"].double(), out["text_features"].double(), float(out["logit_scale"]), captions)
+    return found + (float(out["logit_bias"]),) if bias else found
 
 
 def minilm(captions):
@@ -148,3 +149,17 @@ def rank_rows(n, world, rank, epoch=0, seed=0):
     sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
     sampler.set_epoch(epoch)
     return list(sampler)
+
+
+def sigmoid_loss(img, txt, scale, bias, captions_emb=None, tau_s=None):
+    """SigLIP's loss with targets t (identity, or exp((S - 1) / tau_s) from caption embeddings)."""
+    z = scale * img.numpy() @ txt.numpy().T + bias
+    if captions_emb is None:
+        t = np.eye(len(z))
+    else:
+        e = captions_emb.numpy()
+        e = e / np.linalg.norm(e, axis=1, keepdims=True)
+        t = np.exp((e @ e.T - 1.0) / tau_s)
+        np.fill_diagonal(t, 1.0)
+    softplus = np.logaddexp(0.0, z)
+    return float((softplus - t * z).sum() / len(z))

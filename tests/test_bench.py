@@ -268,6 +268,38 @@ def test_gpu_check_step_summary_and_report():
     assert text.endswith("BENCH") and "- a note" in text
 
 
+def test_gpu_check_halves_the_batch_once_after_an_out_of_memory_run(tmp_path, monkeypatch):
+    """The orchestration with a stand-in for every subprocess: the table run at batch 64 runs out of memory,
+    so all three runs repeat at 32; the reports hold every run, the note and the bench's output."""
+    calls = []
+
+    def fake_run(cmd, timeout, log_path):
+        calls.append(cmd)
+        if "open_clip_train.main" not in cmd:
+            return 0, 1.0, "BENCH OUTPUT" if "xsample_openclip.bench" in cmd else "", ""
+        batch, name = int(cmd[cmd.index("--batch-size") + 1]), cmd[cmd.index("--name") + 1]
+        if batch == 64 and "--xsample-embeddings" in cmd:
+            return 1, 1.0, "", "torch.OutOfMemoryError: CUDA out of memory"
+        log = tmp_path / "logs" / name / "out.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("\n".join(f"x | INFO | Train Epoch: 0 [{i}/9 (1%)] Data (t): 0.010 Batch (t): 0.500, 1/s"
+                                 for i in range(10)))
+        return 0, 1.0, "", ""
+
+    monkeypatch.setattr(gpu_check, "_run", fake_run)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stand-in GPU")
+    report = gpu_check.main(["--out", str(tmp_path), "--batch", "64", "--steps", "5"])
+    assert [r["batch"] for r in report["runs"]] == [64, 64, 32, 32, 32] and report["batch"] == 32
+    assert [r["steps"] for r in report["runs"] if r["batch"] == 32] == [7, 7, 7]  # 10 logged, 3 warm-up
+    assert report["notes"] == ["batch 64 ran out of memory in the trainer; all runs repeated at 32"]
+    assert len((tmp_path / "data" / "train.csv").read_text().splitlines()) == 64 * 5 + 1
+    assert sum("--probe" in c for c in calls) == 0 and calls[-1][2] == "xsample_openclip.bench"
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| --loss xsample, online encoder | 32 | 0.500 | **1.00** |" in md and md.endswith("BENCH OUTPUT")
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["batch"] == 32
+
+
 def test_gpu_check_refuses_to_run_without_a_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

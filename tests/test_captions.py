@@ -42,6 +42,34 @@ def test_decode_strips_special_tokens_and_padding(tokenizer):
     assert TokenDecoder(tokenizer)(tokens) == ["a photo of a dog , running on the beach !", "", "x"]
 
 
+def test_decode_keeps_exclamation_marks_before_symbols(tokenizer):
+    """SimpleTokenizer's id 0 is "!" (e.g. before "$" in "!$"); only padding after end-of-text is dropped.
+    Version 1 of the decoder dropped every id 0, so these captions lost their "!" and collided."""
+    captions = ["hello !$ world", "hello $ world", "wow !!", "wow"]
+    tokens = tokenizer(captions)
+    row = tokens[0].tolist()
+    assert 0 in row[1:row.index(tokenizer.eot_token_id)]  # a real id 0 before end-of-text
+    decoded = TokenDecoder(tokenizer)(tokens)
+    assert decoded == ["hello !$ world", "hello $ world", "wow !!", "wow"]
+    assert len(set(token_keys(tokens).tolist())) == 4
+
+
+def test_a_table_from_the_old_decoder_is_refused(tokenizer, tmp_path):
+    import json
+
+    from xsample_openclip.targets.table import fit_problems, table_meta, write_table
+
+    table = write_table(tmp_path / "t", token_keys(tokenizer(["a"])), np.ones((1, 4), np.float16) / 2,
+                        table_meta(tokenizer, "stub", "xs-tiny-vit-32"))
+    assert fit_problems(table, "xs-tiny-vit-32", tokenizer) == []
+    meta = json.loads((tmp_path / "t" / "meta.json").read_text())
+    del meta["decoder_version"]  # what tables built before the fix record
+    (tmp_path / "t" / "meta.json").write_text(json.dumps(meta))
+    problems = fit_problems(EmbeddingTable(tmp_path / "t"), "xs-tiny-vit-32", tokenizer)
+    assert len(problems) == 1 and "caption decoder version 1, now 2" in problems[0]
+    assert "dropped every '!' token" in problems[0] and "python -m xsample_openclip.precompute" in problems[0]
+
+
 def test_decode_truncates_at_the_context_length(tokenizer):
     text = " ".join(["word"] * 100)
     decoded = TokenDecoder(tokenizer)(tokenizer([text]))[0]

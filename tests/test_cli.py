@@ -1,4 +1,5 @@
 """End to end through OpenCLIP's real CLI in a subprocess: tiny model, tiny CSV and webdataset data."""
+import json
 import os
 import re
 import subprocess
@@ -89,3 +90,68 @@ def test_default_loss_is_stock_clip(tmp_path, csv_data):
     assert params(run)["loss"] == "clip"
     assert "Loss: clip (OpenCLIP's own selection): ClipLoss" in (run / "out.log").read_text()
     assert step_losses(run, "Contrastive_loss")
+
+
+# --- numbers, not only log strings: the first logged loss against the formula ----------------------
+
+import cli_runs as cr  # noqa: E402
+import tiny_data  # noqa: E402
+
+SIGLIP_MODEL = "xs-tiny-sigmoid-32"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("numeric")
+    csv = tiny_data.write_csv(root / "data", n=16)
+    return root, csv
+
+
+@pytest.mark.parametrize("loss", ["siglip", "xsample-siglip"])
+def test_sigmoid_runs_log_the_sigmoid_formula(small, loss):
+    root, csv = small
+    init = cr.save_init(root / f"init-{loss}.pt", model=SIGLIP_MODEL)
+    flags = ["--loss", "clip", "--siglip"] if loss == "siglip" else ["--loss", "xsample-siglip", "--xsample-tau-s", "0.1"]
+    run, _ = cr.launch(root, cr.train_argv(csv, init, 16, *flags, model=SIGLIP_MODEL, epochs=1), name=loss)
+    img, txt, scale, captions, bias = cr.features(init, csv, model=SIGLIP_MODEL, bias=True)
+    if loss == "siglip":
+        expected = cr.sigmoid_loss(img, txt, scale, bias)
+    else:
+        expected = cr.sigmoid_loss(img, txt, scale, bias, cr.minilm(captions), 0.1)
+        assert expected != pytest.approx(cr.sigmoid_loss(img, txt, scale, bias), rel=1e-3)  # soft targets matter
+        assert "Loss: xsample-siglip (X-Sample sigmoid loss): tau_s=0.1, target=kernel" in (run / "out.log").read_text()
+    assert cr.logged_losses(run)[0] == pytest.approx(expected, rel=2e-4)
+
+
+def test_validation_reports_the_training_objective_too(small):
+    root, csv = small
+    init = cr.save_init(root / "init-val.pt")
+    run, _ = cr.launch(root, cr.train_argv(csv, init, 16, "--loss", "xsample", "--xsample-tau-s", "0.2",
+                                           "--val-data", str(csv), epochs=1), name="val")
+    results = [json.loads(line) for line in (run / "checkpoints" / "results.jsonl").read_text().splitlines()]
+    assert "Eval Epoch: 1" in (run / "out.log").read_text() and "xsample_val_loss" in (run / "out.log").read_text()
+    final = str(run / "checkpoints" / "epoch_1.pt")
+    img, txt, scale, captions = cr.features(final, csv, train=False)
+    assert results[-1]["xsample_val_loss"] == pytest.approx(cr.xsample_loss(img, txt, scale, cr.minilm(captions), 0.2),
+                                                            rel=1e-4)
+    assert results[-1]["clip_val_loss"] == pytest.approx(cr.clip_loss(img, txt, scale), rel=1e-4)
+
+
+def test_auto_tau_is_calibrated_recorded_and_kept_on_resume(small):
+    from xsample_openclip.losses.graph import softmax_targets
+
+    root, csv = small
+    init = cr.save_init(root / "init-auto.pt")
+    argv = cr.train_argv(csv, init, 16, "--loss", "xsample", "--xsample-tau-s", "auto", "--xsample-self-mass", "0.5",
+                         "--save-most-recent", epochs=1)
+    run, _ = cr.launch(root, argv, name="auto")
+    tau = float(params(run)["xsample_tau_s"])
+    assert "X-Sample tau_s calibrated" in (run / "out.log").read_text()
+    # the whole data set is one batch here, so the calibrated targets must put exactly half on the diagonal
+    _, _, _, captions = cr.features(init, csv)
+    emb = cr.minilm(captions)
+    assert float(softmax_targets(emb, emb, tau).diagonal().mean()) == pytest.approx(0.5, abs=1e-4)
+    resumed, _ = cr.launch(root, [*argv[:argv.index("--epochs") + 1], "2", *argv[argv.index("--epochs") + 2:],
+                                  "--resume", "latest"], name="auto")
+    assert float(params(resumed)["xsample_tau_s"]) == tau
+    assert "kept from the run being resumed" in (resumed / "out.log").read_text()

@@ -90,12 +90,15 @@ def table_embedder(tmp_path_factory, tokenizer):
 EMBEDDERS = ["table", "online-host", "online-device"]
 
 
+def make_embedder(kind, table_embedder, tokenizer):
+    if kind == "table":
+        return table_embedder
+    return OnlineCaptionEmbeddings(TokenDecoder(tokenizer), StubEncoder("cpu" if kind == "online-host" else META))
+
+
 @pytest.fixture(params=EMBEDDERS)
 def embedder(request, table_embedder, tokenizer):
-    if request.param == "table":
-        return table_embedder
-    device = "cpu" if request.param == "online-host" else META
-    return OnlineCaptionEmbeddings(TokenDecoder(tokenizer), StubEncoder(device))
+    return make_embedder(request.param, table_embedder, tokenizer)
 
 
 def meta_leaf(*shape, value=None):
@@ -252,13 +255,12 @@ def test_guard_records_a_device_loss_and_reads_it_only_at_logging_steps(table_em
                             grad_scaler=grad_scaler)
     reads = []
     for call in range(batches * accum_freq):
-        step, last_of_step = divmod(call, accum_freq)[0], call % accum_freq == accum_freq - 1
         try:
             loss_scenario(guard, tokens, siglip=False)
         except (RuntimeError, NotImplementedError) as err:
             assert "meta" in str(err)
-            reads.append(step)
-            assert last_of_step
+            assert call % accum_freq == accum_freq - 1  # only ever after a step's last micro-batch
+            reads.append(call // accum_freq)
     # OpenCLIP logs (and reads the loss) at optimizer steps 0, 5, 10 and the epoch's last one (11)
     assert reads == [0, 5, 10, 11]
     assert guard._state.device == META  # the record stays on the device between reads
@@ -266,12 +268,7 @@ def test_guard_records_a_device_loss_and_reads_it_only_at_logging_steps(table_em
 
 # --- token ids on a device ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", EMBEDDERS)
-def test_device_token_ids_are_refused(kind, table_embedder, tokenizer, tokens):
-    if kind == "table":
-        embedder = table_embedder
-    else:
-        embedder = OnlineCaptionEmbeddings(TokenDecoder(tokenizer), StubEncoder("cpu" if kind == "online-host" else META))
+def test_device_token_ids_are_refused(embedder, tokens):
     with pytest.raises(DeviceTokensError, match="CPU tensor"):
         embedder(tokens.to(META))
     with pytest.raises(DeviceTokensError):  # and through the loss, as the loop would call it

@@ -47,7 +47,7 @@ def test_unknown_loss_lists_the_registered_ones(capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--siglip"], "cannot be combined with --siglip"),
+    (["--siglip"], "use --loss xsample-siglip"),
     (["--distill-model", "ViT-B-32", "--distill-pretrained", "openai"], "does not support distillation"),
     (["--torchscript"], "drop --torchscript/--trace"),
     (["--dataset-type", "synthetic"], "same caption"),
@@ -98,4 +98,24 @@ def test_refusal_happens_before_the_log_folder_is_made(tmp_path):
                            "--siglip", "--name", "refused"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "cannot be combined with --siglip" in proc.stderr
+    assert "--loss xsample-siglip" in proc.stderr
     assert not (tmp_path / "logs").exists()
+
+
+def test_sigmoid_loss_refuses_a_model_without_logit_bias(capsys):
+    err = refused(capsys, "--loss", "xsample-siglip")
+    assert "needs a model with a logit bias, and --model xs-tiny-vit-32 has none" in err and "--siglip" in err
+    start([*BASE, "--loss", "xsample-siglip", "--siglip"])  # --siglip initialises one: accepted
+    start(["--train-data", "x.csv", "--model", "xs-tiny-sigmoid-32", "--device", "cpu", "--loss", "xsample-siglip"])
+
+
+def test_a_changed_reimplemented_open_clip_function_is_refused(monkeypatch, capsys):
+    monkeypatch.setattr(version, "REIMPLEMENTED", {("open_clip_train.data", "CsvDataset.__init__"): "0" * 64})
+    err = refused(capsys, "--loss", "xsample")
+    assert "open_clip_train.data.CsvDataset.__init__ in open-clip-torch 3.3.0 is not the 3.3.0 code" in err
+    assert params.parse_args(BASE).loss == "clip"  # the stock loss does not use the re-implementation
+
+
+def test_a_full_caption_check_at_start_up_is_refused(capsys):
+    err = refused(capsys, "--loss", "xsample", "--xsample-check-captions", "-1")
+    assert "python -m xsample_openclip.precompute" in err and "--check" in err

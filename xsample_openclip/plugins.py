@@ -106,7 +106,7 @@ class XSampleSigLipLossPlugin:
             problems.append(
                 f"--loss xsample-siglip needs a model with a logit bias, and --model {args.model} has none: "
                 "add --siglip (OpenCLIP then initialises logit scale 10 and bias -10, as for SigLIP) or use "
-                "a SigLIP model config (one with init_logit_bias, e.g. xs-tiny-siglip-64)")
+                "a SigLIP model config (one with init_logit_bias, e.g. xs-tiny-sigmoid-64)")
         return problems
 
     def startup(self, args, resumed=None) -> StartupResult:

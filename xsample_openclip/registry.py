@@ -102,6 +102,7 @@ class LossRun:
     plugin: LossPlugin
     notes: List[str] = field(default_factory=list)
     loss: Optional[Any] = None
+    loop_state: Dict[str, Any] = field(default_factory=dict)  # what the patched loop keeps across epochs
 
     def log_notes(self) -> None:
         while self.notes:

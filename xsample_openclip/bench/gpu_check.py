@@ -231,7 +231,9 @@ def check(args):
     plan = Plan(args, batch)
     code, seconds, _, _ = _run(plan.precompute(), clock.left(reserve=120), out / "precompute.log")
     report["precompute"] = dict(command=plan.precompute(), returncode=code, wall_s=seconds, captions=rows)
-    if code == 0 and _train_all(plan, clock, report) and batch > 1:
+    if code != 0:
+        report["notes"].append(f"precompute failed ({code}): no training runs; see {out / 'precompute.log'}")
+    elif _train_all(plan, clock, report) and batch > 1:
         report["notes"].append(f"batch {batch} ran out of memory in the trainer; all runs repeated at {batch // 2}")
         plan = Plan(args, batch // 2)
         _train_all(plan, clock, report)

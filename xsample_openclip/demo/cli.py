@@ -34,7 +34,7 @@ DEFAULT_SETTINGS = TrainSettings(model="xs-tiny-vit-64", epochs=12, batch_size=6
 FAMILIES = {
     # family: (baseline name, baseline flags, X-Sample loss, default model)
     "softmax": ("clip", ("--loss", "clip"), "xsample", "xs-tiny-vit-64"),
-    "sigmoid": ("siglip", ("--loss", "clip", "--siglip"), "xsample-siglip", "xs-tiny-siglip-64"),
+    "sigmoid": ("siglip", ("--loss", "clip", "--siglip"), "xsample-siglip", "xs-tiny-sigmoid-64"),
 }
 
 
@@ -74,7 +74,7 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=DEFAULT_SETTINGS.batch_size)
     p.add_argument("--lr", type=float, default=DEFAULT_SETTINGS.lr)
     p.add_argument("--warmup", type=int, default=DEFAULT_SETTINGS.warmup)
-    p.add_argument("--model", default=None, help="default: xs-tiny-vit-64 (softmax), xs-tiny-siglip-64 (sigmoid)")
+    p.add_argument("--model", default=None, help="default: xs-tiny-vit-64 (softmax), xs-tiny-sigmoid-64 (sigmoid)")
     p.add_argument("--variant", type=parse_variant, action="append", dest="variants",
                    help="an X-Sample run NAME=FLAGS, repeatable (a sweep); all share the baseline "
                         "(default: one run with the package's defaults)")

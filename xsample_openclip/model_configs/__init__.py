@@ -2,6 +2,9 @@
 
 ``register()`` adds this folder to OpenCLIP's config search path, so names such as
 ``xs-tiny-vit-64`` resolve in ``create_model``, ``get_tokenizer`` and clip_benchmark alike.
+``xs-tiny-sigmoid-*`` initialise a logit bias (-10) and logit scale (10) as SigLIP does, for the sigmoid
+losses. No name here may contain "siglip": OpenCLIP 3.3.0's ``get_tokenizer`` gives such names the
+SigLIP tokenizer, which it downloads.
 """
 from pathlib import Path
 
