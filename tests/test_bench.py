@@ -111,6 +111,8 @@ def test_loss_ratios_come_from_the_same_runs_timings(quick):
     for rec in local:
         assert_same_run_comparison(rec)
         assert rec["n"] in (128, 256) and rec["width"] == 256 and rec["dtype"] in ("fp32", "bf16")
+        assert len(rec["targets_times_s"]) == len(rec["stock_times_s"]) and min(rec["targets_times_s"]) > 0
+        assert rec["targets_s"] == statistics.median(rec["targets_times_s"])
 
 
 def test_per_rank_memory_grows_with_the_global_batch_not_its_square(quick):
@@ -154,8 +156,8 @@ def test_startup_hook_imports_only_itself_and_the_standard_library(quick):
 def test_guard_costs_are_measured_on_two_ranks(quick):
     js, _ = quick
     g = js["guard"]
-    assert set(g) == {"record (per loss call)", "check, one process", "check, distributed (all_reduce + read)",
-                      "bare all_reduce of 3 int64"}
+    assert list(g)[:3] == ["record (per loss call)", "check, one process", "check, distributed (all_reduce + read)"]
+    assert len(g) == 4 and list(g)[3].startswith("bare all_reduce of ")
     for rec in g.values():
         assert len(rec["per_rank_median_us"]) == 2 and rec["min_us"] > 0 and rec["median_us"] >= rec["min_us"]
 

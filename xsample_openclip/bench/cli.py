@@ -46,7 +46,7 @@ def _defaults(gpu: bool, quick: bool) -> dict:
         target_model="ViT-B-32" if gpu else "xs-tiny-vit-64", target_batch=256 if gpu else 64,
         target_batches=8 if gpu else 6, target_steps=10 if gpu else 5,
         minilm_captions=16384 if gpu else 1024, cache_distinct=4096, startup_repeats=40, guard_checks=2000,
-        e2e_model="ViT-B-32" if gpu else "xs-tiny-vit-64",
+        e2e_model="ViT-B-32" if gpu else "xs-tiny-vit-64", e2e_siglip_model="ViT-B-32" if gpu else "xs-tiny-sigmoid-64",
         e2e_batch=256 if gpu else 64, e2e_steps=8, e2e_workers=8 if gpu else 1,
         precompute_captions=50_000 if gpu else 2_000,
     )
@@ -55,7 +55,7 @@ def _defaults(gpu: bool, quick: bool) -> dict:
                  host_batches=2, host_online_batches=1, host_table_rows=4096, host_repeats=10,
                  target_model="xs-tiny-vit-32", target_batch=16, target_batches=3, target_steps=2,
                  minilm_captions=64, cache_distinct=512, startup_repeats=4, guard_checks=50,
-                 e2e_model="xs-tiny-vit-32", e2e_batch=16, e2e_steps=3,
+                 e2e_model="xs-tiny-vit-32", e2e_siglip_model="xs-tiny-sigmoid-32", e2e_batch=16, e2e_steps=3,
                  precompute_captions=300)
     return d
 
@@ -103,7 +103,7 @@ def parse_args(argv):
     g.add_argument("--guard-checks", type=int, help="timed calls per guard operation (default 2000)")
     g = p.add_argument_group("e2e section")
     g.add_argument("--e2e-model", help="softmax runs (CPU xs-tiny-vit-64, GPU ViT-B-32)")
-    g.add_argument("--e2e-siglip-model", help="sigmoid runs, trained with --siglip (default: --e2e-model)")
+    g.add_argument("--e2e-siglip-model", help="sigmoid runs, with --siglip (CPU xs-tiny-sigmoid-64, GPU ViT-B-32)")
     g.add_argument("--e2e-batch", type=int)
     g.add_argument("--e2e-steps", type=int, help="steps per epoch")
     g.add_argument("--e2e-epochs", type=int, default=2)
@@ -116,7 +116,6 @@ def parse_args(argv):
     for key, value in _defaults(args.device.startswith("cuda"), args.quick).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    args.e2e_siglip_model = args.e2e_siglip_model or args.e2e_model
     return args
 
 

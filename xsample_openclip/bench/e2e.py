@@ -9,10 +9,9 @@ Every run is ``python -m open_clip_train.main ...`` in a fresh process (the inst
     --loss clip --siglip                 SigLipLoss (stock), on ``--e2e-siglip-model``
     --loss xsample-siglip --siglip       the sigmoid X-Sample loss with the precomputed table
 
-The sigmoid pair trains a CLIP config with ``--siglip`` (OpenCLIP then initialises logit scale 10 and bias
--10, as SigLIP does). The package's ``xs-tiny-siglip-*`` configs cannot run offline: OpenCLIP 3.3.0's
-``get_tokenizer`` gives any model whose name contains "siglip" the SigLIP sentencepiece tokenizer, which
-it downloads.
+The sigmoid pair runs a SigLIP-style config (on CPU the package's ``xs-tiny-sigmoid-64``, with a logit
+bias) and passes ``--siglip`` to both runs: OpenCLIP's stock loss selection needs it for SigLipLoss, and
+it gives both the same initial logit scale (10) and bias (-10).
 
 Step times are OpenCLIP's own "Batch (t)" from each run's out.log (``--log-every-n-steps 1``: one step
 per line), each epoch's first step left out (it waits for the data loader to start); ratios are

@@ -1,10 +1,10 @@
 """Section ``guard``: what the non-finite loss guard (``patches/finite.py``) costs a training run.
 
 Per loss call the guard records on the loss's device, without synchronising; per logging step it reads
-the record back (``check``), in a distributed run after one ``all_reduce`` (MIN) of 3 int64 across
-ranks. Measured on CPU gloo with 2 processes (``torch.multiprocessing``, spawn), microseconds each:
-the per-call record, ``check`` in one process (a clone and a 3-integer read) and ``check`` with the
-all_reduce; the bare all_reduce of 3 int64 alone, for reference.
+the record (a few int64) back (``check``), in a distributed run after one ``all_reduce`` (MIN) of it
+across ranks. Measured on CPU gloo with 2 processes (``torch.multiprocessing``, spawn), microseconds
+each: the per-call record, ``check`` in one process (a clone and a read of the record) and ``check`` with
+the all_reduce; a bare all_reduce of a tensor of the record's size, for reference.
 """
 import json
 import time
@@ -22,6 +22,7 @@ def run(args, device, results, work):
         f"{args.guard_checks} timed calls each, {load_average()})\n")
     folder = Path(work) / "guard"
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "init").unlink(missing_ok=True)  # a rendezvous file left by an earlier run would stall gloo
     mp.start_processes(_worker, args=(str(folder), args.guard_checks), nprocs=WORLD, join=True,
                        start_method="spawn")
     ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(WORLD)]
@@ -47,11 +48,11 @@ def _worker(rank, folder, calls):
     shared = FiniteLossGuard(lambda x: x, epoch=0, batches_per_epoch=never, log_every_n_steps=never,
                              distributed=True)
     local(loss), shared(loss)  # call 0 is a logging step: the first check happens here
-    bare = torch.zeros(3, dtype=torch.long)
+    bare = torch.zeros_like(shared._state)  # the record's size (read only to size the reference collective)
     ops = {"record (per loss call)": lambda: local(loss),
            "check, one process": local.check,
            "check, distributed (all_reduce + read)": shared.check,
-           "bare all_reduce of 3 int64": lambda: dist.all_reduce(bare, op=dist.ReduceOp.MIN)}
+           f"bare all_reduce of {bare.numel()} int64": lambda: dist.all_reduce(bare, op=dist.ReduceOp.MIN)}
     out = {}
     for name, op in ops.items():
         out[name] = _time_us(op, calls, dist)

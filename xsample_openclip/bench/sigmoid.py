@@ -1,7 +1,8 @@
 """Section ``sigmoid``: ``XSampleSigLipLoss`` against OpenCLIP's ``SigLipLoss``, in one process and per rank.
 
 1. Forward+backward time and peak memory per local batch, width and precision (as section ``loss``),
-   logit scale 10 and bias -10 (SigLIP's initialisation), kernel targets from 384-wide captions.
+   logit scale 10 and bias -10 (SigLIP's initialisation), kernel targets from 384-wide captions (their
+   building also timed alone: the work SigLipLoss has no counterpart of).
 2. Per-rank memory with ``dist_impl="gather"`` at large simulated world sizes (``ranks``): both losses
    compute one n x n block per rank and keep each block's saved tensors until backward, so per-rank
    memory grows with local x global batch; no rank ever holds a global N x N matrix.
@@ -11,7 +12,7 @@ import torch
 
 from .common import (CAPTION_WIDTH, GOAL_MEMORY, GOAL_TIME, MIB, load_average, local_cases, markdown_table, say,
                      unit_rows)
-from .measure import backward_step, compare
+from .measure import backward_step, compare, time_targets
 from .ranks import simulated_all_gather
 
 SCALE, BIAS = 10.0, -10.0
@@ -38,6 +39,14 @@ def _steps(siglip, xsample, image, text, captions, autocast_dtype):
                                   leaves, autocast_dtype))
 
 
+def _targets(captions):
+    """What XSampleSigLipLoss builds from the captions before its fused loss (one process, tau_s 0.1)."""
+    from ..losses.graph import kernel_targets, unit_captions
+
+    unit = unit_captions(captions)
+    return kernel_targets(unit, unit, 0.1)
+
+
 def _local(args, device):
     say(f"## Sigmoid loss forward+backward: X-Sample vs SigLipLoss (one process, {device.type}, "
         f"{load_average()})\n")
@@ -45,15 +54,17 @@ def _local(args, device):
     g = torch.Generator().manual_seed(2)
     for dtype_name, autocast_dtype, width, n, skipped in local_cases(args):
         if skipped:
-            rows.append([dtype_name, width, n, "skipped (--bf16-max-size)"] + [""] * 6)
+            rows.append([dtype_name, width, n, "skipped (--bf16-max-size)"] + [""] * 7)
             continue
         image, text = unit_rows(n, width, device, g), unit_rows(n, width, device, g)
         captions = unit_rows(n, CAPTION_WIDTH, device, g)
         c = compare(*_steps(*_losses(), image, text, captions, autocast_dtype), device, args.repeats,
                     args.case_budget)
+        time_targets(c, lambda: _targets(captions), device, len(c.stock_times))
         rows.append([dtype_name, width, n, *c.cells(GOAL_TIME, GOAL_MEMORY)])
         records.append(dict(dtype=dtype_name, width=width, n=n, **c.record()))
-    say(markdown_table(["precision", "width", "local batch", "SigLipLoss ms", "X-Sample ms", "time ratio",
+    say(markdown_table(["precision", "width", "local batch", "SigLipLoss ms", "X-Sample ms",
+                        "of which targets ms", "time ratio",
                         "SigLipLoss peak MiB", "X-Sample peak MiB", "memory ratio",
                         f"goals (<= {GOAL_TIME}x time, <= {GOAL_MEMORY}x memory)"], rows))
     say(f"\nMedians of {args.repeats} ABBA pairs; ratio = X-Sample / SigLipLoss. ({load_average()})\n")

@@ -32,9 +32,10 @@ from .runs import RunSpec, TrainData, TrainSettings, loss_curve, train_all
 #: The default comparison (the README's main command).
 DEFAULT_SETTINGS = TrainSettings(model="xs-tiny-vit-64", epochs=12, batch_size=64, lr=5e-4, wd=0.1, warmup=50)
 FAMILIES = {
-    # family: (baseline name, baseline flags, X-Sample loss, default model)
-    "softmax": ("clip", ("--loss", "clip"), "xsample", "xs-tiny-vit-64"),
-    "sigmoid": ("siglip", ("--loss", "clip", "--siglip"), "xsample-siglip", "xs-tiny-sigmoid-64"),
+    # family: (baseline name, baseline flags, X-Sample loss and flags, default model); --siglip makes
+    # OpenCLIP initialise logit scale 10 and bias -10 for both sigmoid runs alike
+    "softmax": ("clip", ("--loss", "clip"), ("--loss", "xsample"), "xs-tiny-vit-64"),
+    "sigmoid": ("siglip", ("--loss", "clip", "--siglip"), ("--loss", "xsample-siglip", "--siglip"), "xs-tiny-sigmoid-64"),
 }
 
 
@@ -54,7 +55,7 @@ def run_specs(seeds, family, variants, settings=None, pretrained=None, prefix=""
         start = pretrained[seed] if pretrained else None
         specs.append(RunSpec(f"{prefix}{base_name}-s{seed}", base_flags, seed, settings, start))
         for name, flags in variants:
-            specs.append(RunSpec(f"{prefix}{name}-s{seed}", ("--loss", xs_loss, *flags), seed, settings, start))
+            specs.append(RunSpec(f"{prefix}{name}-s{seed}", (*xs_loss, *flags), seed, settings, start))
     return specs
 
 
@@ -95,7 +96,7 @@ def _train(args, data, out: Path):
     settings = TrainSettings(model=args.model or default_model, epochs=args.epochs, batch_size=args.batch_size,
                              lr=args.lr, wd=DEFAULT_SETTINGS.wd, warmup=args.warmup)
     train_data = TrainData(csv=str(data.train_csv), num_samples=data.train_num_samples)
-    variants = args.variants or [(xs_loss, ())]
+    variants = args.variants or [(xs_loss[1], ())]
     logs = out / "logs"
     if not args.finetune:
         checkpoints = train_all(run_specs(args.seeds, args.family, variants), train_data, settings, logs,
@@ -118,7 +119,7 @@ def _describe(args, settings, variants, losses):
         lines.append(f"fine-tuning: every loss continues from the stock baseline trained {args.epochs} epochs "
                      f"(--pretrained), for {settings.epochs} epochs at lr {settings.lr}")
     lines += [f"{losses[0]}: {' '.join(FAMILIES[args.family][1])}"]
-    lines += [f"{loss}: --loss {FAMILIES[args.family][2]} {' '.join(flags)}".rstrip()
+    lines += [f"{loss}: {' '.join(FAMILIES[args.family][2] + tuple(flags))}"
               for loss, (_, flags) in zip(losses[1:], variants)]
     return lines
 
