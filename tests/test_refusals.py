@@ -56,6 +56,7 @@ def test_unknown_loss_lists_the_registered_ones(capsys):
     (["--xsample-image-weight", "-1"], "--xsample-image-weight must be >= 0"),
     (["--xsample-embeddings", "/nonexistent/table"], "python -m xsample_openclip.precompute"),
     (["--xsample-encoder", "/nonexistent/encoder"], "not a local sentence-transformers folder"),
+    (["--model", "local-dir:/some/folder", "--pretrained", "/ckpt.pt"], "ignores --pretrained for local-dir:"),
 ])
 def test_refused_combinations(capsys, argv, needle):
     assert needle in refused(capsys, "--loss", "xsample", *argv)

@@ -4,6 +4,7 @@ Each is a ``registry.LossPlugin`` built from the same caption-target pieces (``t
 shared ``--xsample-*`` flags, their start-up checks, the caption embedder) plus its own flags; neither
 needs anything from the training loop beyond the registry's contract.
 """
+import abc
 import logging
 from typing import List
 
@@ -23,6 +24,12 @@ def _common_refusals(args, loss: str) -> List[str]:
         problems.append(f"--loss {loss} needs the model's dict output; drop --torchscript/--trace")
     if args.horovod:
         problems.append(f"--loss {loss} is not tested with --horovod; launch with torchrun instead")
+    if args.model.startswith("local-dir:") and args.pretrained:
+        problems.append(
+            f"--model {args.model} with --pretrained {args.pretrained}: OpenCLIP 3.3.0 ignores --pretrained for "
+            "local-dir: models and would start from random weights; use a registered model name (or "
+            "open_clip.add_model_config) with --pretrained PATH, or put the weights into the folder as "
+            "open_clip_pytorch_model.bin")
     return problems + CAPTION_TARGETS.validate(args)
 
 
@@ -57,11 +64,41 @@ class SigmoidFlags:
                  "the batch.")
 
 
-class XSampleLossPlugin:
+class _XSamplePlugin(abc.ABC):
+    """What both X-Sample entry points share: the caption-target flags, their start-up checks and the
+    caption embedder; each subclass adds its own flags (``own_flags``) and makes its loss."""
+
+    name = ""
+    description = ""
+    own_flags = None
+
+    @property
+    def flag_groups(self):
+        return (CAPTION_TARGETS, self.own_flags)
+
+    def startup(self, args, resumed=None) -> StartupResult:
+        return CAPTION_TARGETS.startup(args, resumed)
+
+    def kept_on_resume(self, args):
+        return CAPTION_TARGETS.kept + self.own_flags.kept
+
+    def build(self, args):
+        embedder, source = CAPTION_TARGETS.build_embedder(args)
+        loss, settings = self.make_loss(args, embedder)
+        logging.info(f"Loss: {self.name} ({self.description}): {settings}, caption targets from {source}")
+        return loss
+
+    @abc.abstractmethod
+    def make_loss(self, args, embedder):
+        """(the loss module, its settings as one line for the log)"""
+
+
+class XSampleLossPlugin(_XSamplePlugin):
     """Entry point ``xsample`` of the ``open_clip_train.losses`` group."""
 
     name = "xsample"
-    flag_groups = (CAPTION_TARGETS, SoftmaxFlags())
+    description = "X-Sample contrastive loss"
+    own_flags = SoftmaxFlags()
 
     def validate(self, args) -> List[str]:
         problems = _common_refusals(args, self.name)
@@ -74,31 +111,23 @@ class XSampleLossPlugin:
             problems.append(f"--xsample-image-weight must be >= 0, got {args.xsample_image_weight}")
         return problems
 
-    def startup(self, args, resumed=None) -> StartupResult:
-        return CAPTION_TARGETS.startup(args, resumed)
-
-    def kept_on_resume(self, args):
-        return CAPTION_TARGETS.kept + SoftmaxFlags.kept
-
-    def build(self, args):
+    def make_loss(self, args, embedder):
         from .losses.softmax import XSampleLoss
 
-        embedder, source = CAPTION_TARGETS.build_embedder(args)
-        logging.info(
-            f"Loss: xsample (X-Sample contrastive loss): tau_s={args.xsample_tau_s:.6g}, "
-            f"clip_weight={args.xsample_clip_weight}, image_weight={args.xsample_image_weight}, "
-            f"caption targets from {source}")
-        return XSampleLoss(embedder, tau_s=args.xsample_tau_s, clip_weight=args.xsample_clip_weight,
+        loss = XSampleLoss(embedder, tau_s=args.xsample_tau_s, clip_weight=args.xsample_clip_weight,
                            image_weight=args.xsample_image_weight, local_loss=args.local_loss,
                            gather_with_grad=args.gather_with_grad, rank=args.rank,
                            world_size=args.world_size, use_horovod=args.horovod)
+        return loss, (f"tau_s={args.xsample_tau_s:.6g}, clip_weight={args.xsample_clip_weight}, "
+                      f"image_weight={args.xsample_image_weight}")
 
 
-class XSampleSigLipLossPlugin:
+class XSampleSigLipLossPlugin(_XSamplePlugin):
     """Entry point ``xsample-siglip`` of the ``open_clip_train.losses`` group."""
 
     name = "xsample-siglip"
-    flag_groups = (CAPTION_TARGETS, SigmoidFlags())
+    description = "X-Sample sigmoid loss"
+    own_flags = SigmoidFlags()
 
     def validate(self, args) -> List[str]:
         problems = _common_refusals(args, self.name)
@@ -109,22 +138,13 @@ class XSampleSigLipLossPlugin:
                 "a SigLIP model config (one with init_logit_bias, e.g. xs-tiny-sigmoid-64)")
         return problems
 
-    def startup(self, args, resumed=None) -> StartupResult:
-        return CAPTION_TARGETS.startup(args, resumed)
-
-    def kept_on_resume(self, args):
-        return CAPTION_TARGETS.kept + SigmoidFlags.kept
-
-    def build(self, args):
+    def make_loss(self, args, embedder):
         from .losses.sigmoid import XSampleSigLipLoss
 
-        embedder, source = CAPTION_TARGETS.build_embedder(args)
-        logging.info(
-            f"Loss: xsample-siglip (X-Sample sigmoid loss): tau_s={args.xsample_tau_s:.6g}, "
-            f"target={args.xsample_siglip_target}, dist_impl={args.loss_dist_impl or 'bidir'}, "
-            f"caption targets from {source}")
-        return XSampleSigLipLoss(embedder, tau_s=args.xsample_tau_s, target=args.xsample_siglip_target,
+        loss = XSampleSigLipLoss(embedder, tau_s=args.xsample_tau_s, target=args.xsample_siglip_target,
                                  rank=args.rank, world_size=args.world_size, dist_impl=args.loss_dist_impl)
+        return loss, (f"tau_s={args.xsample_tau_s:.6g}, target={args.xsample_siglip_target}, "
+                      f"dist_impl={args.loss_dist_impl or 'bidir'}")
 
 
 def _config_has_logit_bias(model: str) -> bool:
