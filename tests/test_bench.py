@@ -347,14 +347,8 @@ def many_captions(n, seed):
 
 
 def text_shards(root, captions, shards):
-    """``.txt``-only webdataset shards, written with the project's tar writer; their brace pattern."""
-    per = -(-len(captions) // shards)
-    paths = [root / f"{k:05d}.tar" for k in range(shards)]
-    for k, path in enumerate(paths):
-        with writers.DeterministicTar(path) as tar:
-            for i in range(k * per, min((k + 1) * per, len(captions))):
-                tar.add(f"{i:08d}.txt", captions[i].encode())
-    return writers.brace_pattern(paths)
+    """``.txt``-only webdataset shards, written with the project's one writer; their brace pattern."""
+    return writers.write_text_shards(root, captions, shards)
 
 
 class TinyEncoder:
@@ -406,10 +400,10 @@ def test_check_reports_missing_captions(tmp_path, tokenizer, caplog, capsys):
 def test_sample_captions_spreads_over_sources_and_reports_problems(tmp_path):
     caps = [f"caption {i}" for i in range(40)]
     pattern = text_shards(tmp_path / "s", caps, shards=4)
-    (tmp_path / "s" / "00002.tar").write_bytes(b"not a tar file" * 50)
+    (tmp_path / "s" / "000002.tar").write_bytes(b"not a tar file" * 50)
     sample, report = sample_captions(pattern + "::/nowhere/x.tar", 12, per_source=4)
     assert report["sources"] == 5 and report["remote_or_missing"] == 1
-    assert report["report"].unreadable_sources == [str(tmp_path / "s" / "00002.tar")]
+    assert report["report"].unreadable_sources == [str(tmp_path / "s" / "000002.tar")]
     assert len(sample) == 12 and sample[:4] == caps[:4]  # first shard first, then spread over the others
     everything, report = sample_captions(pattern, 100)
     assert len(everything) == 30 and report["sources_read"] == 4

@@ -50,18 +50,8 @@ def _caption(index: int) -> str:
 
 
 def write_text_shards(root, captions: Sequence[str], shards: int = 4) -> str:
-    """``.txt``-only webdataset shards ``root/NNNNNN.tar`` of the captions; returns their brace pattern."""
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}")
-    root = Path(root)
-    per = -(-len(captions) // shards)
-    paths = []
-    for k in range(shards):
-        paths.append(root / f"{k:06d}.tar")
-        with writers.DeterministicTar(paths[-1]) as tar:
-            for i in range(k * per, min((k + 1) * per, len(captions))):
-                tar.add(f"{i:08d}.txt", captions[i].encode("utf-8"))
-    return writers.brace_pattern(paths)
+    """``.txt``-only webdataset shards of the captions (the project's one writer); their brace pattern."""
+    return writers.write_text_shards(root, captions, shards)
 
 
 def write_shape_csv(root, n: int, px: int = 64, captions: Optional[Sequence[str]] = None) -> Path:

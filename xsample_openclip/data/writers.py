@@ -78,6 +78,21 @@ def write_webdataset(out_dir, samples: Sequence[Tuple[str, bytes, str]], shard_s
     return shards
 
 
+def write_text_shards(out_dir, captions: Sequence[str], shards: int = 4) -> str:
+    """Caption-only webdataset shards ``out_dir/NNNNNN.tar`` (``KEY.txt`` members, no images), for
+    caption tools (precompute, benchmarks); returns their brace pattern."""
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    per = -(-len(captions) // shards)
+    paths = []
+    for k in range(shards):
+        paths.append(Path(out_dir) / f"{k:06d}.tar")
+        with DeterministicTar(paths[-1]) as tar:
+            for i in range(k * per, min((k + 1) * per, len(captions))):
+                tar.add(f"{i:08d}.txt", captions[i].encode("utf-8"))
+    return brace_pattern(paths)
+
+
 def brace_pattern(shards) -> str:
     """OpenCLIP ``--train-data`` pattern, e.g. ``/data/train/{000000..000006}.tar``."""
     first, last = Path(shards[0]), Path(shards[-1])
