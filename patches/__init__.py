@@ -4,7 +4,7 @@ Wrapped, each idempotently, right after its module is imported (``apply``, calle
 hook) or explicitly (``install``):
 - ``open_clip_train.params.parse_args``: ``--loss`` and the losses' flags, checked (arguments.py);
 - ``open_clip_train.distributed.init_distributed_device``: CPU multi-process DDP, and the loss plugin's
-  start-up checks on rank 0, shared with every rank (startup.py, resume.py);
+  start-up checks on rank 0, shared with every rank (startup_checks.py, resume.py);
 - ``open_clip.create_loss`` (and ``open_clip.factory.create_loss``): built by the loss registry, for
   arguments from the patched parser only;
 - ``open_clip_train.train.train_one_epoch``: token ids for plugin losses, a finiteness guard, the
@@ -68,7 +68,7 @@ def patch_params(params):
 def patch_distributed(distributed):
     if unsupported_version_message() is not None:
         return
-    from .startup import wrap_init_distributed_device
+    from .startup_checks import wrap_init_distributed_device
 
     _patch_attr(distributed, "init_distributed_device", wrap_init_distributed_device)
 

@@ -6,7 +6,7 @@ first ``parse_args`` of any parser is intercepted so the plugin flags land on th
 ``create_loss`` into the registry, carrying the run's ``LossRun``. ``--loss`` is an exact option, so
 ``--loss xsample`` can no longer be taken as an abbreviation of ``--loss-dist-impl``. Only checks of
 the flags themselves run here, on every rank alike; checks that read files or data run once the
-process group exists (startup.py).
+process group exists (startup_checks.py).
 """
 import argparse
 import contextlib

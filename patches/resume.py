@@ -1,7 +1,7 @@
 """Resuming keeps the loss: ``--resume`` refuses to continue a run with other loss settings.
 
 OpenCLIP 3.3.0 (main.py L284-293) rewrites ``<logs>/<name>/params.txt`` with the new arguments once the
-model is built, so the run's own settings are read at start-up (startup.py, before the log folder is
+model is built, so the run's own settings are read at start-up (startup_checks.py, before the log folder is
 touched). A resumed run whose ``--loss`` or loss settings differ from the run it continues would
 silently mix two objectives in one checkpoint (the worst case: ``--loss`` forgotten, so plain CLIP
 continues an X-Sample run); it is refused with the differences and the fixes, unless
