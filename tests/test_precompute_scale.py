@@ -62,7 +62,7 @@ def write_tar(path, members):
 
 @pytest.fixture(autouse=True)
 def quiet(monkeypatch, caplog):
-    monkeypatch.setattr(precompute, "PROGRESS_BARS", False)
+    monkeypatch.setattr(precompute.common, "PROGRESS_BARS", False)
     caplog.set_level(logging.INFO)
 
 
@@ -233,14 +233,14 @@ def test_interrupted_shard_and_merge_resume(tmp_path, data, tokenizer, caplog, m
     build(args, tokenizer, again, (0, 2))  # finished, same captions: kept as it is
     assert again.embedded == 0 and "is already a finished table of these 32 captions" in caplog.text
 
-    copy_rows, copied = precompute._copy_rows, []
+    copy_rows, copied = precompute.shards._copy_rows, []
 
     def copy_one_shard(*a):
         if copied:
             raise RuntimeError("disk full")
         copied.append(copy_rows(*a))
 
-    monkeypatch.setattr(precompute, "_copy_rows", copy_one_shard)
+    monkeypatch.setattr(precompute.shards, "_copy_rows", copy_one_shard)
     with pytest.raises(RuntimeError, match="disk full"):
         merge_shards(args.out)
     monkeypatch.undo()

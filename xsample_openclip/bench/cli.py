@@ -124,14 +124,14 @@ def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .. import precompute
 
-    precompute.PROGRESS_BARS = False
+    precompute.common.PROGRESS_BARS = False
     root_level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # e.g. "No pretrained weights loaded" for random models
     try:
         return run(args)
     finally:
         logging.getLogger().setLevel(root_level)
-        precompute.PROGRESS_BARS = True
+        precompute.common.PROGRESS_BARS = True
 
 
 def _quiet_transformers():
