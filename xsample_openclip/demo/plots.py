@@ -47,8 +47,12 @@ def comparison(path, rows, losses: Sequence[str], title: str) -> Path:
 def loss_curves(path, curves: Dict[str, Dict[int, tuple]], title: str) -> Path:
     """``curves``: loss -> seed -> (epochs, losses). One panel per loss; a line per seed."""
     losses = list(curves)
-    fig = _figure(4.2 * len(losses), 3.4)
-    axes = fig.subplots(1, len(losses), squeeze=False)[0]
+    cols = min(4, len(losses))
+    rows = -(-len(losses) // cols)
+    fig = _figure(4.2 * cols, 3.2 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(losses):]:
+        ax.set_visible(False)
     for ax, loss in zip(axes, losses):
         for seed, (xs, ys) in sorted(curves[loss].items()):
             ax.plot(xs, ys, linewidth=1, label=f"seed {seed}")
