@@ -145,16 +145,18 @@ def main(argv=None):
     comparison = compare(settings.model, runs, specs, tasks=("zeroshot",), out=str(out / f"eval-{args.split}"),
                          bg_gaps=gaps, num_workers=0)
     header = _describe(args, settings, variants, losses)
+    name = args.split + ("-finetune" if args.finetune else "")
     table, rows = summarize(comparison.csv, out, losses, dataset.headline, args.split, dataset.primary,
-                            args.seeds, header)
+                            args.seeds, header, name=name)
     title = (f"{' vs '.join(losses)} on {args.dataset} ({args.split} split), "
              f"{len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}")
-    plot = plots.comparison(out / f"comparison-{args.split}.png", rows, losses, title)
+    plot = plots.comparison(out / f"comparison-{name}.png", rows, losses, title)
     curves = {loss: {seed: loss_curve(out / "logs" / f"{loss}-s{seed}" / "out.log") for seed in args.seeds}
               for loss in losses}
-    curve_plot = plots.loss_curves(out / "loss-curves.png", curves, f"training loss, {args.dataset}")
+    curve_name = "loss-curves-finetune.png" if args.finetune else "loss-curves.png"
+    curve_plot = plots.loss_curves(out / curve_name, curves, f"training loss, {args.dataset}")
     print(table)
-    print(f"\nsummary: {out / f'summary-{args.split}.md'}\nplots: {plot}, {curve_plot}\n"
+    print(f"\nsummary: {out / f'summary-{name}.md'}\nplots: {plot}, {curve_plot}\n"
           f"per-run report: {comparison.report}")
     return 0
 

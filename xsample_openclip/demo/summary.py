@@ -85,13 +85,15 @@ def markdown(rows, losses: Sequence[str], seeds: Sequence[int], header: Sequence
     return "\n".join(list(header) + ([""] if header else []) + head)
 
 
-def summarize(results_csv, out_dir, losses, headline, split, primary, seeds, header=()):
-    """Write summary-<split>.md and .json under ``out_dir``; return the markdown table and the rows."""
+def summarize(results_csv, out_dir, losses, headline, split, primary, seeds, header=(), name=None):
+    """Write summary-<name>.md and .json under ``out_dir`` (name: the split by default); return the
+    markdown table and the rows."""
     rows = summary_rows(collect(results_csv), losses, headline, split, primary)
     table = markdown(rows, losses, seeds, header)
     out_dir = Path(out_dir)
-    (out_dir / f"summary-{split}.md").write_text(table + "\n")
-    (out_dir / f"summary-{split}.json").write_text(json.dumps(
+    name = name or split
+    (out_dir / f"summary-{name}.md").write_text(table + "\n")
+    (out_dir / f"summary-{name}.json").write_text(json.dumps(
         {"split": split, "losses": list(losses), "seeds": list(seeds), "header": list(header),
          "rows": [{**r, "values": {k: {str(s): v for s, v in d.items()} for k, d in r["values"].items()},
                    "paired": {k: {str(s): v for s, v in d.items()} for k, d in r["paired"].items()}}
