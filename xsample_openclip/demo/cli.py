@@ -141,11 +141,11 @@ def main(argv=None):
                          image_size, args.data_variant)
     settings, checkpoints, losses, variants = _train(args, data, out)
     runs = {f"{loss}-s{seed}": str(checkpoints[f"{loss}-s{seed}"]) for loss in losses for seed in args.seeds}
+    name = args.split + ("-finetune" if args.finetune else "")
     specs, gaps = dataset.eval_specs(data, args.split)
-    comparison = compare(settings.model, runs, specs, tasks=("zeroshot",), out=str(out / f"eval-{args.split}"),
+    comparison = compare(settings.model, runs, specs, tasks=("zeroshot",), out=str(out / f"eval-{name}"),
                          bg_gaps=gaps, num_workers=0)
     header = _describe(args, settings, variants, losses)
-    name = args.split + ("-finetune" if args.finetune else "")
     table, rows = summarize(comparison.csv, out, losses, dataset.headline, args.split, dataset.primary,
                             args.seeds, header, name=name)
     title = (f"{' vs '.join(losses)} on {args.dataset} ({args.split} split), "
