@@ -59,7 +59,7 @@ def train_argv(logs, name, data_args, *extra, epochs=4, batch_size=16):
     return [*data_args, "--model", MODEL, "--batch-size", str(batch_size), "--epochs", str(epochs),
             "--workers", "0", "--device", "cpu", "--precision", "fp32", "--lr", "2e-3", "--warmup", "2",
             "--wd", "0.1", "--log-every-n-steps", "1", "--seed", "0", f"--logs={logs}", "--name", name,
-            "--loss", "xsample", *extra]
+            "--loss", "xsample", "--xsample-tau-s", "0.2", *extra]
 
 
 def csv_args(path):

@@ -31,7 +31,7 @@ def refused(capsys, *argv):
 def test_loss_is_exact_and_not_an_abbreviation_of_loss_dist_impl():
     args = params.parse_args([*BASE, "--loss", "xsample"])
     assert args.loss == "xsample" and args.loss_dist_impl is None
-    assert args.xsample_tau_s == 0.2 and args.xsample_encoder is None
+    assert args.xsample_tau_s == "auto" and args.xsample_self_mass == 0.7 and args.xsample_encoder is None
     assert params.parse_args(BASE).loss == registry.DEFAULT_LOSS == "clip"
 
 
@@ -106,8 +106,9 @@ def test_refusal_happens_before_the_log_folder_is_made(tmp_path):
 def test_sigmoid_loss_refuses_a_model_without_logit_bias(capsys):
     err = refused(capsys, "--loss", "xsample-siglip")
     assert "needs a model with a logit bias, and --model xs-tiny-vit-32 has none" in err and "--siglip" in err
-    start([*BASE, "--loss", "xsample-siglip", "--siglip"])  # --siglip initialises one: accepted
-    start(["--train-data", "x.csv", "--model", "xs-tiny-sigmoid-32", "--device", "cpu", "--loss", "xsample-siglip"])
+    start([*BASE, "--loss", "xsample-siglip", "--siglip", "--xsample-tau-s", "0.1"])  # --siglip makes one: accepted
+    start(["--train-data", "x.csv", "--model", "xs-tiny-sigmoid-32", "--device", "cpu", "--loss", "xsample-siglip",
+           "--xsample-tau-s", "0.1"])
 
 
 def test_a_changed_reimplemented_open_clip_function_is_refused(monkeypatch, capsys):
@@ -120,3 +121,8 @@ def test_a_changed_reimplemented_open_clip_function_is_refused(monkeypatch, caps
 def test_a_full_caption_check_at_start_up_is_refused(capsys):
     err = refused(capsys, "--loss", "xsample", "--xsample-check-captions", "-1")
     assert "python -m xsample_openclip.precompute" in err and "--check" in err
+
+
+def test_auto_tau_without_readable_captions_is_refused(capsys):
+    err = refused(capsys, "--loss", "xsample")  # the default --xsample-tau-s auto; x.csv does not exist
+    assert "--xsample-tau-s auto needs training captions to calibrate on" in err and "--xsample-tau-s 0.1" in err

@@ -231,7 +231,7 @@ def start(argv):
 
 def parse(csv, *argv):
     return start(["--train-data", str(csv), "--dataset-type", "csv", "--model", MODEL, "--device", "cpu",
-                  "--loss", "xsample", *argv])
+                  "--loss", "xsample", "--xsample-tau-s", "0.2", *argv])
 
 
 def refused(capsys, csv, *argv):
@@ -305,7 +305,7 @@ def test_table_check_on_local_shards_survives_corrupt_ones(tmp_path, bad_shards,
     table = build_table(tmp_path / "t", iter(captions[:-3]), get_tokenizer(MODEL), StubEncoder(), MODEL)
     with pytest.raises(SystemExit):
         start(["--train-data", bad_shards, "--dataset-type", "webdataset", "--model", MODEL, "--device", "cpu",
-               "--loss", "xsample", "--xsample-embeddings", str(table.path)])
+               "--loss", "xsample", "--xsample-tau-s", "0.2", "--xsample-embeddings", str(table.path)])
     err = capsys.readouterr().err
     assert re.search(r"is missing 3 of the \d+ distinct captions among \d+ training captions checked "
                      r"\(\d+ distinct, from 4 of 4 source\(s\); \d+ captions read; 1 webdataset .txt member\(s\) skipped: "

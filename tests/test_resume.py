@@ -191,10 +191,10 @@ def test_a_run_without_checkpoints_or_from_stock_open_clip(tmp_path, capsys):
     run = tmp_path / "logs" / "old"
     run.mkdir(parents=True)
     (run / "params.txt").write_text("loss_dist_impl: xsample\nname: old\n")  # stock OpenCLIP's params.txt
-    parse(tmp_path, "--resume", "latest", "--loss", "xsample", name="old")  # no checkpoint: fresh start
+    parse(tmp_path, "--resume", "latest", "--loss", "xsample", "--xsample-tau-s", "0.2", name="old")  # fresh start
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "epoch_1.pt").write_bytes(b"")
-    err = refusal(capsys, tmp_path, "--resume", "latest", "--loss", "xsample", name="old")
+    err = refusal(capsys, tmp_path, "--resume", "latest", "--loss", "xsample", "--xsample-tau-s", "0.2", name="old")
     assert "--loss: none recorded (OpenCLIP without this plugin" in err
     parse(tmp_path, "--resume", "latest", name="old")  # continuing it with stock CLIP is fine
 
