@@ -30,7 +30,7 @@ from .datasets import DATASETS, data_folder
 from .runs import RunSpec, TrainData, TrainSettings, loss_curve, train_all
 
 #: The default comparison (the README's main command).
-DEFAULT_SETTINGS = TrainSettings(model="xs-tiny-vit-64", epochs=12, batch_size=64, lr=5e-4, wd=0.1, warmup=50)
+DEFAULT_SETTINGS = TrainSettings(model="xs-tiny-vit-64", epochs=12, batch_size=64, lr=2.5e-4, wd=0.1, warmup=50)
 FAMILIES = {
     # family: (baseline name, baseline flags, X-Sample loss and flags, default model); --siglip makes
     # OpenCLIP initialise logit scale 10 and bias -10 for both sigmoid runs alike

@@ -29,7 +29,7 @@ class TrainSettings:
     model: str = "xs-tiny-vit-64"
     epochs: int = 12
     batch_size: int = 64
-    lr: float = 5e-4
+    lr: float = 2.5e-4
     wd: float = 0.1
     warmup: int = 50
     precision: str = "fp32"
