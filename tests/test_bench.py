@@ -23,7 +23,8 @@ from loss_memory import peak_tensor_bytes
 from xsample_openclip import precompute
 from xsample_openclip.bench import cli, data, e2e, gpu_check, measure
 from xsample_openclip.data import writers
-from xsample_openclip.precompute import CaptionScan, build_table, iter_captions, unique_captions
+from xsample_openclip.precompute import CaptionScan, build_table, unique_captions
+from xsample_openclip.targets.sources import iter_captions
 from xsample_openclip.targets.sources import sample_captions
 
 LOG = """\
