@@ -24,8 +24,7 @@ from xsample_openclip import precompute
 from xsample_openclip.bench import cli, data, e2e, gpu_check, measure
 from xsample_openclip.data import writers
 from xsample_openclip.precompute import CaptionScan, build_table, unique_captions
-from xsample_openclip.targets.sources import iter_captions
-from xsample_openclip.targets.sources import sample_captions
+from xsample_openclip.targets.sources import iter_captions, sample_captions
 
 LOG = """\
 2026-11-28,20:00:01 | INFO | Loss: clip (OpenCLIP's own selection): ClipLoss
@@ -318,7 +317,7 @@ def test_text_captions_are_distinct_and_reproducible(tmp_path):
     assert all(6 <= len(c.split()) <= 14 for c in caps)
     with pytest.raises(ValueError):
         data.text_captions(data.TEXT_COMBINATIONS + 1)
-    pattern = data.write_text_shards(tmp_path / "s", caps[:10], shards=3)
+    pattern = writers.write_text_shards(tmp_path / "s", caps[:10], shards=3)
     assert pattern == str(tmp_path / "s" / "{000000..000002}.tar")
     assert list(iter_captions(pattern)) == caps[:10]
 
@@ -347,11 +346,6 @@ def many_captions(n, seed):
     return [f"{i} " + " ".join(rng.choice(WORDS) for _ in range(8)) for i in range(n)]
 
 
-def text_shards(root, captions, shards):
-    """``.txt``-only webdataset shards, written with the project's one writer; their brace pattern."""
-    return writers.write_text_shards(root, captions, shards)
-
-
 class TinyEncoder:
     name, dim = "tiny", 3
 
@@ -377,7 +371,7 @@ def test_spilled_scan_equals_in_memory_scan(tmp_path, tokenizer):
 
 
 def test_worker_processes_build_the_same_table(tmp_path, tokenizer):
-    pattern = text_shards(tmp_path / "shards", many_captions(1500, seed=6), shards=3)
+    pattern = writers.write_text_shards(tmp_path / "shards", many_captions(1500, seed=6), shards=3)
     one = build_table(tmp_path / "a", iter_captions(pattern), tokenizer, TinyEncoder(), "m")
     two = build_table(tmp_path / "b", iter_captions(pattern), tokenizer, TinyEncoder(), "m", workers=2)
     np.testing.assert_array_equal(np.asarray(one.keys), np.asarray(two.keys))
@@ -386,7 +380,7 @@ def test_worker_processes_build_the_same_table(tmp_path, tokenizer):
 
 
 def test_check_reports_missing_captions(tmp_path, tokenizer, caplog, capsys):
-    pattern = text_shards(tmp_path / "shards", ["a dog", "a cat", "a cat"], shards=1)
+    pattern = writers.write_text_shards(tmp_path / "shards", ["a dog", "a cat", "a cat"], shards=1)
     build_table(tmp_path / "t", iter(["a dog"]), tokenizer, TinyEncoder(), "xs-tiny-vit-32")
     caplog.set_level(logging.INFO)
     code = precompute.main(["--model", "xs-tiny-vit-32", "--train-data", pattern, "--out", str(tmp_path / "t"),
@@ -400,7 +394,7 @@ def test_check_reports_missing_captions(tmp_path, tokenizer, caplog, capsys):
 
 def test_sample_captions_spreads_over_sources_and_reports_problems(tmp_path):
     caps = [f"caption {i}" for i in range(40)]
-    pattern = text_shards(tmp_path / "s", caps, shards=4)
+    pattern = writers.write_text_shards(tmp_path / "s", caps, shards=4)
     (tmp_path / "s" / "000002.tar").write_bytes(b"not a tar file" * 50)
     sample, report = sample_captions(pattern + "::/nowhere/x.tar", 12, per_source=4)
     assert report["sources"] == 5 and report["remote_or_missing"] == 1

@@ -3,8 +3,6 @@
 - ``text_captions``: any number of distinct captions of about 10 words ("a shiny red kite floating
   near a river at sunset"), drawn without replacement from ~66M combinations: caption throughput
   (MiniLM, precompute, host-side keys) needs many distinct captions, which the shapes cannot give.
-- ``write_text_shards``: ``.txt``-only webdataset shards of captions (what ``precompute`` reads), written
-  with the project's deterministic tar writer.
 - ``write_shape_csv``: OpenCLIP's CSV layout of coloured-shape images (``data.shapes``) written by the
   project's one CSV writer (``data.writers``): each distinct shape is one image file, rows cycle through
   them, captions are the shapes' own ("a small red circle at the top left on a grey background") unless
@@ -47,11 +45,6 @@ def _caption(index: int) -> str:
         index, r = divmod(index, len(dim))
         words.append(dim[r])
     return " ".join(reversed(words))
-
-
-def write_text_shards(root, captions: Sequence[str], shards: int = 4) -> str:
-    """``.txt``-only webdataset shards of the captions (the project's one writer); their brace pattern."""
-    return writers.write_text_shards(root, captions, shards)
 
 
 def write_shape_csv(root, n: int, px: int = 64, captions: Optional[Sequence[str]] = None) -> Path:

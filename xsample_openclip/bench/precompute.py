@@ -10,7 +10,8 @@ import logging
 import tracemalloc
 
 from .common import MIB, load_average, markdown_table, say
-from .data import text_captions, write_text_shards
+from ..data.writers import write_text_shards
+from .data import text_captions
 
 MISSING = 100
 

@@ -30,7 +30,7 @@ from .datasets import DATASETS, data_folder
 from .runs import RunSpec, TrainData, TrainSettings, loss_curve, train_all
 
 #: The default comparison (the README's main command).
-DEFAULT_SETTINGS = TrainSettings(model="xs-tiny-vit-64", epochs=12, batch_size=64, lr=2.5e-4, wd=0.1, warmup=50)
+DEFAULT_SETTINGS = TrainSettings()
 FAMILIES = {
     # family: (baseline name, baseline flags, X-Sample loss and flags, default model); --siglip makes
     # OpenCLIP initialise logit scale 10 and bias -10 for both sigmoid runs alike
@@ -141,7 +141,8 @@ def main(argv=None):
                          image_size, args.data_variant)
     settings, checkpoints, losses, variants = _train(args, data, out)
     runs = {f"{loss}-s{seed}": str(checkpoints[f"{loss}-s{seed}"]) for loss in losses for seed in args.seeds}
-    name = args.split + ("-finetune" if args.finetune else "")
+    suffix = "-finetune" if args.finetune else ""  # fine-tuning shares the folder with its pretraining
+    name = args.split + suffix
     specs, gaps = dataset.eval_specs(data, args.split)
     comparison = compare(settings.model, runs, specs, tasks=("zeroshot",), out=str(out / f"eval-{name}"),
                          bg_gaps=gaps, num_workers=0)
@@ -153,8 +154,7 @@ def main(argv=None):
     plot = plots.comparison(out / f"comparison-{name}.png", rows, losses, title)
     curves = {loss: {seed: loss_curve(out / "logs" / f"{loss}-s{seed}" / "out.log") for seed in args.seeds}
               for loss in losses}
-    curve_name = "loss-curves-finetune.png" if args.finetune else "loss-curves.png"
-    curve_plot = plots.loss_curves(out / curve_name, curves, f"training loss, {args.dataset}")
+    curve_plot = plots.loss_curves(out / f"loss-curves{suffix}.png", curves, f"training loss, {args.dataset}")
     print(table)
     print(f"\nsummary: {out / f'summary-{name}.md'}\nplots: {plot}, {curve_plot}\n"
           f"per-run report: {comparison.report}")

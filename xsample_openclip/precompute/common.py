@@ -1,8 +1,6 @@
 """What the precompute modules share: file names, how rows are made, limits, the error type."""
 from datetime import timedelta
 
-
-
 PROGRESS = "progress.json"
 MERGE_PROGRESS = "merge-progress.json"
 SCAN_DIR = "scan"

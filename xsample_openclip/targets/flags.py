@@ -37,7 +37,7 @@ class CaptionTargetFlags:
     title = "X-Sample caption targets (--loss xsample and --loss xsample-siglip)"
     #: Settings that change the targets: a resumed run must keep them.
     kept = ("xsample_tau_s", "xsample_self_mass", "xsample_encoder", "xsample_embeddings")
-    #: tau_s auto at self-mass 0.7: chosen on the validation splits of both demo data sets (README, "Results")
+    #: tau_s auto at self-mass 0.7: chosen on the validation splits of both demo data sets (docs/validation.md)
     defaults = {"xsample_tau_s": AUTO, "xsample_self_mass": 0.7, "xsample_encoder": None,
                 "xsample_embeddings": None, "xsample_cache_size": 100_000, "xsample_check_captions": 10_000}
 
