@@ -8,29 +8,75 @@ Caption embeddings are unit rows (``unit_captions`` renormalises them in fp32 or
 table row counts as exactly as long as an online one).
 
 Both are built in fp32 with autocast off (a small tau_s overflows fp16/bf16) and without gradient: the
-graph is fixed side data. As tau_s -> 0 with distinct captions both become the identity: CLIP's and
-SigLIP's own targets.
+graph is fixed side data. S is accurate to ~1e-6 on every device (on CUDA from split float16 pieces,
+``split_half_similarities``), and S = 1 exactly for a caption and itself and for identical captions
+(``IDENTICAL``), so at any tau_s t_ii = 1, identical captions are full positives (kernel) or share their
+row's mass evenly (softmax), and as tau_s -> 0 with distinct captions both targets become the identity:
+CLIP's and SigLIP's own targets.
 """
 import torch
 
 from .blockwise import autocast_off, blocks
 
-#: On CUDA, caption similarities are one float16 GEMM with float32 output (fp32 accumulation) instead
-#: of an fp32 GEMM, which GPUs run an order of magnitude slower than half precision. The inputs are unit
-#: vectors (|S| <= 1, nothing overflows); rounding them to float16 moves S by ~1e-4, less than a
-#: float16 table (the precompute default) already does. False: plain fp32 everywhere.
-FAST_CUDA_SIMILARITIES = True
+#: Caption pairs this close to cosine 1 are the same caption up to rounding: their similarity is set to
+#: exactly 1, so a caption and itself, and identical captions, are exact positives on every device. Identical
+#: captions have bit-identical rows (both embedders give one row per token key) and every similarity here is
+#: accurate to ~1e-6 (``split_half_similarities``, fp32, fp64), 10x inside this margin.
+IDENTICAL = 1e-5
+
+#: Devices whose float32 similarities come from ``split_half_similarities`` (float16 tensor-core GEMM,
+#: accurate to ~1e-6) rather than an fp32 GEMM: on CUDA it runs on float16 tensor cores instead of IEEE
+#: fp32 (not yet timed on a GPU), and stays exact where a plain fp32 GEMM under OpenCLIP's TF32 mode
+#: (``allow_tf32 = True``) or a plain float16 GEMM errs by ~1e-4 (more than ``IDENTICAL``; at tau_s
+#: 1e-4 a factor e on a target).
+#: Tests add "cpu" to run the same numerics on the host.
+SPLIT_HALF_DEVICES = frozenset({"cuda"})
+
+#: 2^11 lifts a float16 rounding residual (|lo| <= 2^-11 |x|) to its row's scale; exact (a power of two).
+_LIFT = 2.0 ** 11
+
+
+def _half_gemm(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """left @ right^T of float16 matrices with float32 accumulation and output (on the host: the same
+    arithmetic, as products of two float16 numbers are exact in float32)."""
+    if left.is_cuda:
+        return torch.mm(left, right.T, out_dtype=torch.float32)
+    return left.float() @ right.float().T
+
+
+def _split(x: torch.Tensor):
+    """(hi, lo), float16, with x = hi + lo / 2^11 to 2^-22 |x|: x - hi is exact in fp32, lo rounds it."""
+    hi = x.half()
+    return hi, (x - hi.float()).mul_(_LIFT).half()
+
+
+def split_half_similarities(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """rows @ columns^T of float32 unit rows (|x| <= 1) from one float16 GEMM, to ~1e-6 (fp32: ~5e-7).
+
+    With x = hi + lo (float16 head, residual), S = hi.hi' + hi.lo' + lo.hi' + lo.lo'; the last term is
+    below 2^-22 and dropped. The other three are one GEMM over concatenated pieces, all scaled by 2^11
+    (exact) so they share one fp32 accumulator: 2^11 S = [2^11 hi, hi, lo~] . [hi', lo~', hi'] with
+    lo~ = 2^11 lo. A single float16 GEMM would round the inputs and err by up to ~1.4e-4.
+    """
+    r_hi, r_lo = _split(rows)
+    c_hi, c_lo = (r_hi, r_lo) if columns is rows else _split(columns)
+    left = torch.cat([r_hi * _LIFT, r_hi, r_lo], dim=1)
+    right = torch.cat([c_hi, c_lo, c_hi], dim=1)
+    return _half_gemm(left, right).mul_(1.0 / _LIFT)
 
 
 def caption_similarities(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """rows @ columns^T in float32 (float64 for float64 inputs), without gradient."""
+    """rows @ columns^T of unit rows in float32 (float64 for float64 inputs), without gradient, with
+    every entry within ``IDENTICAL`` of 1 (a caption and itself, identical captions) set to exactly 1."""
     dtype = torch.promote_types(rows.dtype, torch.float32)
-    if FAST_CUDA_SIMILARITIES and rows.is_cuda and dtype == torch.float32:
-        try:
-            return torch.mm(rows.half(), columns.half().T, out_dtype=torch.float32)
-        except (RuntimeError, TypeError, NotImplementedError):
-            pass
-    return rows.to(dtype) @ columns.to(dtype).T
+    if dtype == torch.float32 and rows.device.type in SPLIT_HALF_DEVICES:
+        similarity = split_half_similarities(rows.float(), columns.float())
+    else:
+        similarity = rows.to(dtype) @ columns.to(dtype).T
+    for block in blocks(*similarity.shape):
+        part = similarity[block]
+        part.masked_fill_(part >= 1.0 - IDENTICAL, 1.0)
+    return similarity
 
 
 def softmax_targets(
@@ -62,10 +108,6 @@ def softmax_targets(
     return target
 
 
-#: Caption pairs this close to cosine 1 are the same caption up to rounding: their kernel target is 1.
-IDENTICAL = 1e-5
-
-
 def unit_captions(embeddings: torch.Tensor) -> torch.Tensor:
     """Caption embeddings as exact unit rows, in float32 (float64 stays float64), without gradient."""
     dtype = torch.promote_types(embeddings.dtype, torch.float32)
@@ -75,13 +117,11 @@ def unit_captions(embeddings: torch.Tensor) -> torch.Tensor:
 
 def kernel_targets(row_embeddings: torch.Tensor, column_embeddings: torch.Tensor, tau_s: float) -> torch.Tensor:
     """t_ij = exp((S_ij - 1) / tau_s) for unit rows: 1 for a caption and itself (or an identical one,
-    ``IDENTICAL``), decaying with dissimilarity.
+    ``IDENTICAL``: S = 1 exactly, so t = exp(0) = 1 exactly), decaying with dissimilarity.
 
     Each pair's target depends on its two captions only, never on the rest of the batch, so the
     blocks of a distributed sigmoid loss can be built independently.
     """
     with torch.no_grad(), autocast_off(row_embeddings.device):
         similarity = caption_similarities(row_embeddings, column_embeddings)
-        identical = similarity >= 1.0 - IDENTICAL
-        target = similarity.sub_(1.0).div_(tau_s).exp_()
-        return target.masked_fill_(identical, 1.0)
+        return similarity.sub_(1.0).div_(tau_s).exp_()
