@@ -7,14 +7,19 @@ runs on rank 0 alone, so it must not gather across ranks), batch by batch as Ope
 own, sample-weighted; it is reported as ``<loss>_val_loss`` (e.g. ``xsample_val_loss``) in the same
 ``Eval Epoch`` log line, ``results.jsonl``, tensorboard and wandb. It is added through
 ``get_clip_metrics``, the function ``evaluate()`` calls once with the whole pass's features, so nothing
-else in ``evaluate()`` changes. A loss that cannot be computed on the validation data (e.g. captions
-missing from a precomputed table built over the training data only) is logged once and skipped.
+else in ``evaluate()`` changes. One case is expected and skipped with one warning: validation captions
+missing from a ``--xsample-embeddings`` table built over the training data only (``MissingCaptionsError``,
+raised by the table lookup); the metric is then left out of that evaluation (not reported over the
+batches before the first missing caption, which would silently be another subset of the data). Any
+other error in the loss stops the run, as an error in OpenCLIP's own evaluation does: a bug must not
+turn into a missing metric.
 """
 import functools
 import logging
 
 
 from xsample_openclip import registry
+from xsample_openclip.targets.table import MissingCaptionsError
 
 from .train_loop import with_token_tap
 
@@ -37,8 +42,8 @@ class ValidationObjective:
                                                          "logit_bias", registry.BATCH_TOKENS)}
         try:
             value = self.loss(**inputs)
-        except (KeyError, ValueError, RuntimeError) as err:
-            self.failed = f"{type(err).__name__}: {err}"
+        except MissingCaptionsError as err:  # the one expected case; anything else stops the run
+            self.failed = str(err)
             return
         n = out["image_features"].shape[0]
         self.total += float(value) * n
@@ -82,10 +87,11 @@ def wrap_evaluate(stock, module):
 
         def get_clip_metrics(*a, **kw):
             metrics = stock_metrics(*a, **kw)
-            if objective.samples:
+            if objective.failed:
+                logging.warning(f"{objective.name} not computed on the validation data (left out of this "
+                                f"evaluation): {objective.failed}")
+            elif objective.samples:
                 metrics[objective.name] = objective.total / objective.samples
-            elif objective.failed:
-                logging.warning(f"{objective.name} not computed on the validation data: {objective.failed}")
             return metrics
 
         module.get_clip_metrics = get_clip_metrics

@@ -1,6 +1,7 @@
 """Precompute beyond one process: shard jobs + ``--merge`` and torchrun give the one-process table; the
 merge refuses missing, unfinished and incompatible shards; interrupted shards and merges resume; webdataset
 members are read, skipped and counted as OpenCLIP's loader reads them, in builds, merges and --check."""
+import contextlib
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,3 +297,107 @@ def test_webdataset_members_are_skipped_and_counted_like_open_clip(tmp_path, tok
     assert merged.meta["skipped_not_utf8"] == 1 and merged.meta["unreadable_sources"] == [str(broken)]
     assert "shard 1/2 (1 source(s)): 0 captions read; 1 source(s) unreadable" in caplog.text
     assert "4 captions read; 1 webdataset .txt member(s) skipped" in caplog.records[-1].getMessage()
+
+
+# --- one writer per folder (precompute/lock.py) -------------------------------------------------
+
+from xsample_openclip.precompute.lock import LOCK_FILE, writer_lock  # noqa: E402
+
+PRECOMPUTE_ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+for _name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # as under srun without torchrun
+    PRECOMPUTE_ENV.pop(_name, None)
+
+
+class SecondWriterEncoder(HashEncoder):
+    """Before embedding its first batch (its --out locked, half written), starts a second unsharded
+    ``python -m xsample_openclip.precompute`` on the same --out and keeps what it did: deterministic,
+    no timing involved."""
+
+    def __init__(self, argv):
+        super().__init__()
+        self.argv, self.second = argv, None
+
+    def encode(self, texts):
+        if self.second is None:
+            self.second = subprocess.run([sys.executable, "-m", "xsample_openclip.precompute", *self.argv],
+                                         capture_output=True, text=True, timeout=300, env=PRECOMPUTE_ENV)
+        return super().encode(texts)
+
+
+def test_a_second_writer_on_one_out_is_refused_while_the_first_completes(tmp_path, data, tokenizer):
+    out = tmp_path / "table"
+    argv = ["--model", MODEL, "--train-data", data, "--out", str(out), "--batch-size", "8"]
+    encoder = SecondWriterEncoder(argv)
+    table = build(parse_args(argv), tokenizer, encoder)
+    second = encoder.second
+    assert second is not None and second.returncode == 2, second.stderr[-3000:]
+    assert (f"{out} is being written by another precompute process (pid {os.getpid()} on {socket.gethostname()}"
+            in second.stderr)
+    assert "`--shard I/N` for I = 0 .. N-1 with the same --out, then `--out OUT --merge`" in second.stderr
+    assert "torchrun --nproc_per_node N" in second.stderr and "WORLD_SIZE unset" in second.stderr
+    assert "Traceback" not in second.stderr
+    # the first writer finished untouched: the same table as an undisturbed build
+    assert_same_table(table, build(cli(data, tmp_path / "reference", "--batch-size", "8"), tokenizer, HashEncoder()))
+    assert not (out / "scan").exists() and (out / LOCK_FILE).read_text() == ""  # released, holder info cleared
+
+
+@contextlib.contextmanager
+def held_by_another_process(folder):
+    """Another process holding ``folder``'s write lock, as a running precompute job does; yields it."""
+    code = ("import fcntl, json, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); "
+            "os.write(fd, json.dumps({'pid': os.getpid(), 'host': 'h', 'since': 't', 'command': 'c'}).encode()); "
+            "print('held', flush=True); sys.stdin.read()")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    other = subprocess.Popen([sys.executable, "-c", code, str(Path(folder) / LOCK_FILE)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        yield other
+    finally:
+        other.stdin.close()
+        other.wait(timeout=60)
+
+
+def test_shard_jobs_write_side_by_side_and_each_folder_has_one_writer(tmp_path, data, tokenizer):
+    args = cli(data, tmp_path / "t", "--batch-size", "8")
+    shard0 = shard_dir(args.out, 0, 2)
+    with held_by_another_process(shard0) as other:  # a job is building shard 0/2 of this --out
+        build(args, tokenizer, HashEncoder(), (1, 2))  # shard 1/2 of the same --out goes on beside it
+        busy = f"{shard0} is being written by another precompute process (pid {other.pid} on h, since t: c)"
+        with pytest.raises(PrecomputeError) as second_job:
+            build(args, tokenizer, HashEncoder(), (0, 2))  # a second job for shard 0/2
+        with pytest.raises(PrecomputeError) as early_merge:
+            merge_shards(args.out)  # never copies a sub-table a job is writing
+        assert busy in str(second_job.value) and busy in str(early_merge.value)
+        assert sorted(p.name for p in shard0.iterdir()) == [LOCK_FILE]  # the refused job wrote nothing
+    build(args, tokenizer, HashEncoder(), (0, 2))
+    with held_by_another_process(args.out) as other:  # a merge (or a one-process build) is writing --out
+        for attempt in (lambda: merge_shards(args.out), lambda: build(cli(data, args.out), tokenizer, HashEncoder())):
+            with pytest.raises(PrecomputeError, match=f"pid {other.pid} on h"):
+                attempt()
+        assert not (tmp_path / "t" / "meta.json").exists() and not (tmp_path / "t" / "scan").exists()
+    merged = merge_shards(args.out)
+    assert_same_table(merged, build(cli(data, tmp_path / "one"), tokenizer, HashEncoder()))
+
+
+def test_a_crashed_writer_leaves_no_lock_even_with_a_forked_child_alive(tmp_path):
+    """The OS drops a dead writer's lock; a forked worker the crash left behind does not keep it."""
+    code = ("import os, signal, sys, time\n"
+            "from xsample_openclip.precompute.lock import writer_lock\n"
+            "with writer_lock(sys.argv[1]):\n"
+            "    child = os.fork()\n"
+            "    if child == 0:\n"
+            "        time.sleep(120); os._exit(0)\n"
+            "    print(child, flush=True); os.kill(os.getpid(), signal.SIGKILL)\n")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env=PRECOMPUTE_ENV)
+    child = int(writer.stdout.readline())
+    try:
+        assert writer.wait(timeout=60) == -9
+        assert "pid" in (tmp_path / LOCK_FILE).read_text()  # the crash left its holder info behind
+        assert Path(f"/proc/{child}/stat").read_text().split()[2] in "RSD"  # the worker is alive
+        with writer_lock(tmp_path):  # taken at once: nobody holds it
+            pass
+    finally:
+        os.kill(child, 9)

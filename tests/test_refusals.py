@@ -42,8 +42,8 @@ def test_stock_parser_alone_would_silently_train_clip():
 
 
 def test_unknown_loss_lists_the_registered_ones(capsys):
-    err = refused(capsys, "--loss", "xclr")
-    assert "invalid choice: 'xclr'" in err and "clip" in err and "xsample" in err
+    err = refused(capsys, "--loss", "no-such-loss")
+    assert "invalid choice: 'no-such-loss'" in err and "clip" in err and "xsample" in err
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -112,10 +112,36 @@ def test_sigmoid_loss_refuses_a_model_without_logit_bias(capsys):
 
 
 def test_a_changed_reimplemented_open_clip_function_is_refused(monkeypatch, capsys):
-    monkeypatch.setattr(version, "REIMPLEMENTED", {("open_clip_train.data", "CsvDataset.__init__"): "0" * 64})
+    gate = version.GATED[("open_clip_train.data", "CsvDataset.__init__")]
+    monkeypatch.setattr(version, "GATED",
+                        {("open_clip_train.data", "CsvDataset.__init__"): gate._replace(sha256="0" * 64)})
     err = refused(capsys, "--loss", "xsample")
     assert "open_clip_train.data.CsvDataset.__init__ in open-clip-torch 3.3.0 is not the 3.3.0 code" in err
+    assert "patches/csv_data.py re-implements it" in err and "open-clip-torch[training]==3.3.0" in err
     assert params.parse_args(BASE).loss == "clip"  # the stock loss does not use the re-implementation
+
+
+@pytest.mark.parametrize("module,name,relied_on_by", [
+    ("open_clip_train.train", "train_one_epoch", "patches/train_loop.py"),
+    ("open_clip_train.train", "evaluate", "patches/evaluation.py"),
+])
+def test_a_changed_wrapped_open_clip_function_is_refused(monkeypatch, capsys, module, name, relied_on_by):
+    """A 3.3.x whose train_one_epoch/evaluate differ (here: a stand-in with other source) is refused by
+    name, whatever its wrapper: the loop could otherwise drop the token ids or xsample_val_loss silently."""
+    import importlib
+
+    target = importlib.import_module(module)
+    stock = getattr(target, name)
+
+    def changed(*args, **kwargs):  # same behaviour, other source
+        return stock(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, changed)
+    err = refused(capsys, "--loss", "xsample")
+    assert f"{module}.{name} in open-clip-torch 3.3.0 is not the 3.3.0 code that xsample-openclip" in err
+    assert relied_on_by in err and "install 'open-clip-torch[training]==3.3.0'" in err
+    assert err.count("is not the 3.3.0 code") == 1  # only the changed one is named
+    assert params.parse_args(BASE).loss == "clip"  # the stock trainer is not refused
 
 
 def test_a_full_caption_check_at_start_up_is_refused(capsys):

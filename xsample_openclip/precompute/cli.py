@@ -5,7 +5,8 @@ import sys
 
 from .distributed import attempt, distributed_env, run_distributed
 from .jobs import build, check_sources, plan, report_check
-from .shards import merge_shards, parse_shard
+from .lock import writer_lock
+from .shards import merge_shards, parse_shard, shard_dir
 
 
 def parse_args(argv):
@@ -59,8 +60,16 @@ def main(argv=None):
         return report_check(folder, [check_sources(args, tokenizer, folder, sources)])
     from ..targets.encoders import SentenceEncoder
 
-    build(args, tokenizer, SentenceEncoder(args.encoder, device=args.device), args.shard)
+    code = attempt(lambda: _locked_build(args, tokenizer, SentenceEncoder))
+    if code:
+        return code
     if args.shard:
         logging.info(f"when all {args.shard[1]} shards are built: python -m xsample_openclip.precompute "
                      f"--out {args.out} --merge")
     return 0
+
+
+def _locked_build(args, tokenizer, encoder_class):
+    """The build of this job, its folder locked before the encoder loads (a refusal costs no model load)."""
+    with writer_lock(shard_dir(args.out, *args.shard) if args.shard else args.out):
+        build(args, tokenizer, encoder_class(args.encoder, device=args.device), args.shard)

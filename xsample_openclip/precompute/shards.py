@@ -1,6 +1,7 @@
 """Shard jobs and the merge: which sources shard I of N reads, where its sub-table goes, and how
 finished, compatible sub-tables become one table (streamed, resumable)."""
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ import numpy as np
 from ..targets.sources import ReadReport, expand_sources, sources_digest
 from ..targets.table import EMBEDDINGS, KEYS, META, EmbeddingTable, write_meta
 from .common import MADE_AS, MERGE_PROGRESS, MERGE_ROWS, PROGRESS, PrecomputeError, SHARDS_DIR
+from .lock import writer_lock
 from .tables import _same_keys
 
 def parse_shard(text: str):
@@ -155,12 +157,22 @@ def merge_shards(out, count=None, model=None, train_data=None) -> EmbeddingTable
     """Merge the N sub-tables under OUT/shards into the table OUT (resumable); returns it.
 
     ``count``: N (default: the only split there); ``model``/``train_data``: refuse shards built for others.
+    Holds the write locks of ``out`` and of every sub-table it reads (lock.py): refused while another
+    merge or build writes ``out``, or a shard job still writes one of the sub-tables.
     """
     out = Path(out)
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(writer_lock(out))
+        return _merge_locked(out, count, model, train_data, locks)
+
+
+def _merge_locked(out: Path, count, model, train_data, locks) -> EmbeddingTable:
     if not (out / SHARDS_DIR).is_dir() and _merged_from(out):
         logging.info(f"{out} is a merged table whose sub-tables were deleted; nothing to merge")
         return EmbeddingTable(out)
     count, found = find_shards(out, count)
+    for index in sorted(found):
+        locks.enter_context(writer_lock(found[index]))
     metas = shard_metas(out, count, found)
     check_compatible(out, metas, model, train_data)
     folders = [found[i] for i in range(count)]

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from ..targets.table import EMBEDDINGS, KEYS, META, EmbeddingTable, table_meta, write_meta
 from . import common
 from .common import MADE_AS, PROGRESS, SCAN_DIR
+from .lock import writer_lock
 from .scan import CaptionScan, _map_chunks
 
 def table_bytes(count: int, dim: int, dtype="float16") -> int:
@@ -54,10 +55,15 @@ def build_table(out, captions, tokenizer, encoder, model_name, dtype="float16", 
 
     ``read``: the ``ReadReport`` filled while ``captions`` is read; what it skipped goes to meta.json.
     ``meta``: more meta.json fields (a shard's). ``stats``, a dict if given, receives timings and
-    counts (used by ``xsample_openclip.bench``).
+    counts (used by ``xsample_openclip.bench``). Holds ``out``'s write lock throughout (lock.py): a
+    second process building into the same folder is refused before it touches anything.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out):
+        return _build_locked(Path(out), captions, tokenizer, encoder, model_name, dtype, chunk, workers,
+                             stats, read, meta)
+
+
+def _build_locked(out: Path, captions, tokenizer, encoder, model_name, dtype, chunk, workers, stats, read, meta):
     t0 = time.perf_counter()
     scan = CaptionScan.run(captions, tokenizer, out / SCAN_DIR, workers=workers)
     t_scan = time.perf_counter() - t0

@@ -20,7 +20,13 @@ EMBEDDINGS = "embeddings.npy"
 
 
 class MissingCaptionsError(KeyError):
-    """Some batch captions are not in the table: the table was built from other data."""
+    """Some batch captions are not in the table: the table was built from other data.
+
+    A ``KeyError`` (a lookup that found nothing), with its message shown as written, not quoted as a key.
+    """
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
 
 
 def rebuild_hint(model="MODEL", encoder=None, out="DIR"):
