@@ -62,15 +62,46 @@ def weights(run_dir, epoch):
     return {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
 
 
-def update_difference(a, b, init):
-    """max over tensors of |(a - init) - (b - init)| / |b - init| (L2): how far two runs' updates differ."""
+#: The least relative update ||w - w0|| / ||w0|| (all weights together, L2) a run must show before its
+#: update counts as compared. Measured with ``train_argv`` (SGD momentum 0.9, lr 0.05, 16 samples): the
+#: runs tests/test_cli_multiprocess.py compares 5.4e-3 to 1.8e-2 after 3 steps (xs-tiny-vit-32), those of
+#: tests/test_cli_multiprocess_sigmoid.py 0.66 after 2 (xs-tiny-sigmoid-32); a run without a step (--lr 0)
+#: 0 exactly.
+MIN_UPDATE = 1e-3
+
+
+def initial_weights(init):
+    return {k.removeprefix("module."): v for k, v in torch.load(init, weights_only=True)["state_dict"].items()}
+
+
+def relative_update(state, init_state):
+    """||state - init|| / ||init|| over all tensors together (L2, float64): how far a run moved."""
+    moved = sum(float((state[k] - init_state[k]).double().norm() ** 2) for k in state)
+    size = sum(float(init_state[k].double().norm() ** 2) for k in state)
+    return (moved / size) ** 0.5
+
+
+def update_difference(a, b, init, min_update=MIN_UPDATE):
+    """max over tensors of |(a - init) - (b - init)| / |b - init| (L2): how far two runs' updates differ.
+
+    Both runs must have moved (relative update above ``min_update``): two runs that took no step have
+    equal updates and would prove nothing. A tensor that ``b`` left unchanged must be unchanged in ``a``
+    too (its difference is infinite otherwise, not skipped)."""
     assert a.keys() == b.keys()
-    init = {k.removeprefix("module."): v for k, v in torch.load(init, weights_only=True)["state_dict"].items()}
+    init = initial_weights(init)
+    for which, state in (("first", a), ("second", b)):
+        moved = relative_update(state, init)
+        if not moved > min_update:
+            raise AssertionError(f"the {which} run's weights moved by {moved:.3g} (relative to the initial "
+                                 f"weights), not above {min_update}: no training step changed them, so "
+                                 "comparing the two runs' updates proves nothing")
     worst = 0.0
     for k in a:
         moved = (b[k] - init[k]).double().norm()
         if moved > 0:
             worst = max(worst, float((a[k] - b[k]).double().norm() / moved))
+        elif not torch.equal(a[k], b[k]):
+            worst = float("inf")
     return worst
 
 
@@ -151,8 +182,9 @@ def rank_rows(n, world, rank, epoch=0, seed=0):
     return list(sampler)
 
 
-def sigmoid_loss(img, txt, scale, bias, captions_emb=None, tau_s=None):
-    """SigLIP's loss with targets t (identity, or exp((S - 1) / tau_s) from caption embeddings)."""
+def sigmoid_loss(img, txt, scale, bias, captions_emb=None, tau_s=None, rows=None):
+    """SigLIP's loss with targets t (identity, or exp((S - 1) / tau_s) from caption embeddings), for the
+    image anchors ``rows`` (all by default) against every text, divided by the number of anchors."""
     z = scale * img.numpy() @ txt.numpy().T + bias
     if captions_emb is None:
         t = np.eye(len(z))
@@ -161,5 +193,7 @@ def sigmoid_loss(img, txt, scale, bias, captions_emb=None, tau_s=None):
         e = e / np.linalg.norm(e, axis=1, keepdims=True)
         t = np.exp((e @ e.T - 1.0) / tau_s)
         np.fill_diagonal(t, 1.0)
+    rows = np.arange(len(z)) if rows is None else np.asarray(rows)
+    z, t = z[rows], t[rows]
     softplus = np.logaddexp(0.0, z)
     return float((softplus - t * z).sum() / len(z))

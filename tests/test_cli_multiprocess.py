@@ -7,11 +7,14 @@ global batch is the whole data set in both. Checked:
   batch without ``--local-loss``, rank 0's rows (``DistributedSampler``'s) with it; for ``--loss clip``
   and ``--loss xsample``, online encoder and precomputed table, in all four local-loss /
   gather-with-grad modes;
-- the weights after 3 steps equal the one-process run's wherever OpenCLIP's gradient is the
-  single-process gradient (``--gather-with-grad``); without it OpenCLIP averages gradients that flow
+- the weights after 3 steps (both runs moved: ``cr.MIN_UPDATE``) equal the one-process run's wherever
+  OpenCLIP's gradient is the single-process gradient (``--gather-with-grad``); without it OpenCLIP averages gradients that flow
   through each rank's own features only, so there X-Sample at tau_s -> 0 must equal ``--loss clip``
   under the same launch (the same distributed semantics as ClipLoss);
-- ``--accum-freq 2`` with 2 processes equals one process with ``--accum-freq 2``;
+- ``--accum-freq 2`` with 2 processes equals one process with ``--accum-freq 2`` (weights), and both
+  first losses equal the formula on the whole data set (each step's accumulated global batch);
+- ``--xsample-tau-s auto`` with 2 processes x batch 8 x ``--accum-freq 2`` on 32 samples: the tau_s
+  both ranks use gives the asked self-mass at the global batch 32, recomputed here from all 32 captions;
 - only rank 0 writes out.log, params.txt and checkpoints;
 - a 2-process run killed mid-epoch resumes with ``--resume latest``;
 - refusals found by rank 0 at start-up (a table that misses captions, a resume that changes the loss)
@@ -20,11 +23,13 @@ global batch is the whole data set in both. Checked:
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import cli_runs as cr
@@ -121,9 +126,12 @@ def test_without_gather_with_grad_xsample_has_clip_loss_semantics(setup, mode):
 
 
 def test_gradient_accumulation_with_two_processes(setup):
+    """Both runs' step is the whole data set (1 x 8 x 2, 2 x 4 x 2): the loss OpenCLIP logs for the last
+    micro-batch is over the whole accumulated global batch, so it is the formula on all 16 samples."""
     one, _ = run(setup, "accum-one", 1, N // 2, *XS, "--accum-freq", "2")
     two, _ = run(setup, "accum-two", 2, N // 4, *XS, "--accum-freq", "2", "--gather-with-grad")
-    assert cr.logged_losses(two)[0] == pytest.approx(cr.logged_losses(one)[0], rel=2e-4)
+    assert cr.logged_losses(one)[0] == pytest.approx(reference(setup, "xsample"), rel=2e-4)
+    assert cr.logged_losses(two)[0] == pytest.approx(reference(setup, "xsample"), rel=2e-4)
     assert cr.update_difference(cr.weights(two, 3), cr.weights(one, 3), setup["init"]) < SAME_UPDATE
 
 
@@ -181,3 +189,40 @@ def test_rank_zero_resume_refusal_stops_every_rank(setup, single):
     assert proc.returncode != 0 and time.monotonic() - started < 120
     out = proc.stdout + proc.stderr
     assert "--loss: xsample in that run, clip now" in out and "rank 1: stopping with rank 0" in out
+
+
+#: 2 processes x batch 8 x --accum-freq 2: the data set is one global batch, and with fewer captions than
+#: --xsample-tau-s auto samples, the calibration sees every caption whichever way it samples them.
+AUTO_N = 32
+#: The line each process logs when it builds its loss, in OpenCLIP's log format (not the echo in Python's
+#: default format that rank 0 also prints).
+TAU_LINE = re.compile(r"\| INFO \| Loss: xsample \(X-Sample contrastive loss\): tau_s=([^,]+),")
+
+
+def self_mass(captions_emb, tau_s):
+    """Mean diagonal of the row softmax of S / tau_s over all the given captions (S: cosine), float64."""
+    e = captions_emb.numpy()
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    s = e @ e.T / tau_s
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    return float((p.diagonal() / p.sum(axis=1)).mean())
+
+
+def test_auto_tau_s_gives_the_self_mass_at_the_global_batch_on_every_rank(setup):
+    root = setup["root"] / "auto"
+    csv = tiny_data.write_csv(root / "data", n=AUTO_N)
+    argv = cr.train_argv(csv, setup["init"], 8, "--loss", "xsample", "--xsample-tau-s", "auto",
+                         "--xsample-self-mass", "0.5", "--accum-freq", "2", epochs=1)
+    run_dir, proc = cr.launch(root, argv, nproc=2)
+    params = dict(line.split(": ", 1) for line in (run_dir / "params.txt").read_text().splitlines())
+    tau = float(params["xsample_tau_s"])
+    assert "X-Sample tau_s calibrated" in (run_dir / "out.log").read_text()
+    # each process logs the tau_s its loss was built with (stderr of both): rank 0's, on both
+    assert TAU_LINE.findall(proc.stdout + proc.stderr) == [f"{tau:.6g}"] * 2
+    emb = cr.minilm(cr.csv_rows(csv)[1])
+    # (calibrated at batch 8, 16 or 64 instead, tau_s gives 0.18, 0.33 or 0.67 here)
+    assert self_mass(emb, tau) == pytest.approx(0.5, abs=1e-4)
+    # and rank 0's first loss is the formula with that tau_s on the whole accumulated global batch
+    img, txt, scale, _ = cr.features(setup["init"], csv)
+    expected = cr.xsample_loss(img, txt, scale, emb, tau)
+    assert cr.logged_losses(run_dir)[0] == pytest.approx(expected, rel=2e-4)
