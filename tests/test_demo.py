@@ -57,3 +57,10 @@ def test_demo_sigmoid_family_and_validation_split(tmp_path):
     assert "loss: clip" in siglip and "siglip: True" in siglip
     with open(out / "eval-val" / "results.csv") as f:
         assert {r["dataset"] for r in csv.DictReader(f)} == {f"shapes_{t}_val" for t in ("colour", "shape", "pair")}
+    assert "python -m xsample_openclip.demo.tables" in proc.stdout
+    from xsample_openclip.demo import tables
+
+    per_seed = out / "summary-val-per-seed.csv"
+    table = (out / "summary-val.md").read_text().strip().split("\n\n")[-1]  # the table after the header
+    assert tables.regenerate([per_seed]) == table
+    assert per_seed.read_text().splitlines()[1].startswith("siglip-s0,siglip,0,")

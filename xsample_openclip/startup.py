@@ -5,7 +5,10 @@ nothing but this module and the stdlib modules Python has already loaded at star
 small finder first on ``sys.meta_path`` that recognises the few OpenCLIP modules the plugin patches
 (``patches.PATCHES``). When one of them is imported, the finder lets the normal finders locate it,
 wraps its loader, and once the module has executed applies the patch. A process that never imports
-OpenCLIP pays for a set lookup per import and nothing else. ``XSAMPLE_OPENCLIP_DISABLE=1`` turns it off.
+OpenCLIP pays for a set lookup per import and nothing else. ``XSAMPLE_OPENCLIP_DISABLE=1`` turns it off;
+then a process that asks ``open_clip_train.main`` for a plugin loss (``--loss xsample*``) is stopped here,
+because stock OpenCLIP would read ``--loss xsample`` as ``--loss-dist-impl xsample`` and silently train
+plain CLIP: the message names the hook-free launcher, ``python -m xsample_openclip.launch``.
 """
 import os
 import sys
@@ -72,5 +75,50 @@ def install_hook() -> None:
             apply(name, sys.modules[name])
 
 
-if os.environ.get("XSAMPLE_OPENCLIP_DISABLE", "") not in ("1", "true", "yes"):
+#: How a command line names OpenCLIP's trainer: ``-m open_clip_train.main`` or the path of its main.py.
+TRAINER_MODULE = "open_clip_train.main"
+TRAINER_SCRIPT = os.path.join("open_clip_train", "main.py")
+LAUNCHER = "python -m xsample_openclip.launch"
+
+
+def _trainer_args(argv):
+    """The arguments after OpenCLIP's trainer in ``argv`` (also under torchrun), or None if it is not run."""
+    for i, token in enumerate(argv):
+        named = ((token == TRAINER_MODULE and i > 0 and argv[i - 1] == "-m") or token == "-m" + TRAINER_MODULE
+                 or token.endswith(TRAINER_SCRIPT))
+        if named:
+            return argv[i + 1:]
+    return None
+
+
+def plugin_loss_asked(argv):
+    """The ``--loss`` value if ``argv`` runs open_clip_train.main with a plugin loss (``xsample*``), else None."""
+    args = _trainer_args(argv)
+    if args is None:
+        return None
+    for i, token in enumerate(args):
+        value = args[i + 1] if token == "--loss" and i + 1 < len(args) else (
+            token[len("--loss="):] if token.startswith("--loss=") else None)
+        if value is not None and value.startswith("xsample"):
+            return value
+    return None
+
+
+def refusal(loss):
+    return (f"xsample-openclip: XSAMPLE_OPENCLIP_DISABLE=1 turns the start-up hook off, so stock OpenCLIP would "
+            f"read '--loss {loss}' as '--loss-dist-impl {loss}' and silently train plain CLIP. Run the same "
+            f"command as '{LAUNCHER} <flags>' (it patches OpenCLIP itself), or unset XSAMPLE_OPENCLIP_DISABLE.\n")
+
+
+def _disabled() -> bool:
+    return os.environ.get("XSAMPLE_OPENCLIP_DISABLE", "") in ("1", "true", "yes")
+
+
+if not _disabled():
     install_hook()
+else:
+    _asked = plugin_loss_asked(list(getattr(sys, "orig_argv", sys.argv)))
+    if _asked is not None:  # stop before stock OpenCLIP trains the wrong loss (SystemExit here is fatal)
+        sys.stderr.write(refusal(_asked))
+        sys.stderr.flush()
+        os._exit(2)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+from ..demo.trained_loss import asked_loss, check_trained_loss
 from .common import load_average, markdown_table, median, say
 from .data import write_shape_csv
 
@@ -139,6 +140,7 @@ def run(args, device, results, work):
             cmd = trainer_command(data, run_.model, args.e2e_batch, args.e2e_epochs, args.e2e_workers,
                                   device.type, precision, work / "logs", name, run_.flags)
             _train(cmd, work, args.threads, run_.label)
+            check_trained_loss(work / "logs" / name, asked_loss(run_.flags))  # no silent stock CLIP
             run_.read_log((work / "logs" / name / "out.log").read_text())
     records = _records(runs)
     _report(records, args)

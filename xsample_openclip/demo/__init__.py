@@ -4,6 +4,9 @@
 
 ``cli`` parses the options and runs a comparison; ``datasets`` says per data set what is built, which
 held-out sets each split evaluates and which numbers are the headline; ``runs`` trains through
-``python -m open_clip_train.main`` exactly as a user would; ``summary`` aggregates seeds (mean, std,
-paired differences); ``plots`` draws the comparison and the training-loss curves.
+OpenCLIP's own trainer with OpenCLIP's flags (``python -m xsample_openclip.launch``, the hook-free
+launcher), checks each run's params.txt for the asked loss (``trained_loss``) and reuses a run only if
+nothing that determines its result changed (``fingerprint``); ``summary`` aggregates seeds (mean, std,
+paired differences with 95 % CIs from ``stats``); ``tables`` writes the per-seed file and rebuilds a
+table from it alone; ``plots`` draws the comparison and the training-loss curves.
 """

@@ -10,12 +10,15 @@
 
 1. builds the data (cached under OUT/data); 2. trains the baseline (``--loss clip``, or ``--loss clip
 --siglip`` for the sigmoid family) and every X-Sample variant with identical settings, data order and
-steps through ``python -m open_clip_train.main``, once per seed (finished runs are reused); with
+steps through OpenCLIP's trainer (``python -m xsample_openclip.launch``), once per seed (finished runs are reused); with
 ``--finetune`` the baseline is the pretraining and every loss then continues from its checkpoint for
 ``--finetune-epochs`` (``--pretrained PATH``: equal compute after the switch); 3. evaluates every
 checkpoint on the split's held-out sets with clip_benchmark through ``eval.compare`` (``val`` for
 choosing settings, ``test`` for reporting); 4. prints the summary (mean +- std per loss, paired
-differences per seed) and writes OUT/summary-<split>.md, comparison and loss-curve plots.
+differences per seed with their 95 % CI) and writes OUT/summary-<split>.md, the per-seed numbers
+OUT/summary-<split>-per-seed.csv (``python -m xsample_openclip.demo.tables FILE`` rebuilds the table
+from them), comparison and loss-curve plots. Every run trains through the hook-free launcher
+``python -m xsample_openclip.launch`` and must record the asked loss in its params.txt.
 """
 from __future__ import annotations
 
@@ -156,8 +159,11 @@ def main(argv=None):
               for loss in losses}
     curve_plot = plots.loss_curves(out / f"loss-curves{suffix}.png", curves, f"training loss, {args.dataset}")
     print(table)
+    per_seed = out / f"summary-{name}-per-seed.csv"
     print(f"\nsummary: {out / f'summary-{name}.md'}\nplots: {plot}, {curve_plot}\n"
-          f"per-run report: {comparison.report}")
+          f"per-run report: {comparison.report}\n"
+          f"per-seed numbers (commit under docs/results/): {per_seed}; the table again from it alone: "
+          f"python -m xsample_openclip.demo.tables {per_seed}")
     return 0
 
 

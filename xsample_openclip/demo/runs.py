@@ -1,7 +1,11 @@
 """Launch OpenCLIP's own trainer for one (loss, seed) run, with a progress bar, and reuse finished runs.
 
-Every run goes through ``python -m open_clip_train.main`` exactly as a user would type it; a run whose
-final checkpoint exists is not trained again, and a run that was interrupted is started afresh.
+Every run goes through ``python -m xsample_openclip.launch`` (OpenCLIP's ``open_clip_train.main`` with
+its own flags, patched explicitly, so the plugin is active even where the start-up hook is not), and
+its ``params.txt`` must then record the asked loss (``trained_loss``). A run is reused only if its final
+checkpoint exists and its key matches: the key hashes everything that determines the result (the full
+flag list, the training data's content, the loss's flag defaults, the training code and the versions
+it runs on: ``fingerprint``); an interrupted or outdated run is started afresh.
 Several runs can train at once, one thread each (tiny models on a small CPU train far faster with one
 OpenMP thread per process than with several).
 """
@@ -13,11 +17,17 @@ import shutil
 import subprocess
 import sys
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from tqdm import tqdm
+
+from . import fingerprint
+from .trained_loss import asked_loss, check_trained_loss
+
+#: How a run's trainer is started (after the interpreter): the hook-free launcher.
+LAUNCHER = ("-m", "xsample_openclip.launch")
 
 _PROGRESS = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+)")
 
@@ -64,7 +74,7 @@ def command(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path)
     settings = spec.settings_or(settings)
     pretrained = ["--pretrained", spec.pretrained] if spec.pretrained else []
     return [
-        sys.executable, "-m", "open_clip_train.main",
+        sys.executable, *LAUNCHER,
         "--train-data", data.csv, "--dataset-type", "csv", *data.csv_args,
         "--model", settings.model, "--epochs", str(settings.epochs), "--batch-size", str(settings.batch_size),
         "--lr", str(settings.lr), "--wd", str(settings.wd), "--warmup", str(settings.warmup),
@@ -74,10 +84,18 @@ def command(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path)
     ]
 
 
-def run_key(spec: RunSpec, data: TrainData, settings: TrainSettings) -> str:
-    start = Path(spec.pretrained).stat().st_mtime_ns if spec.pretrained else None
-    blob = json.dumps([asdict(spec), asdict(settings), data.csv, data.num_samples, start], sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+def run_key(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path) -> str:
+    """A hash of everything that determines the run's result (see ``fingerprint``)."""
+    flags = command(spec, data, settings, Path(logs))[1:]  # the interpreter's path changes no result
+    image_key = dict(zip(data.csv_args[::2], data.csv_args[1::2])).get("--csv-img-key", "filepath")
+    blob = {
+        "flags": flags,
+        "data": fingerprint.data_fingerprint(data.csv, image_key),
+        "loss_defaults": fingerprint.loss_defaults(asked_loss(spec.loss_args)),
+        "code": fingerprint.code_fingerprint(),
+        "pretrained": fingerprint.file_fingerprint(spec.pretrained) if spec.pretrained else None,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def checkpoint_of(logs: Path, spec: RunSpec, settings: TrainSettings) -> Path:
@@ -89,8 +107,10 @@ def train(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path, b
     logs = Path(logs)
     ckpt = checkpoint_of(logs, spec, settings)
     stamp = logs / spec.name / "run_key.txt"
-    key = run_key(spec, data, settings)
+    key = run_key(spec, data, settings, logs)
+    loss = asked_loss(spec.loss_args)
     if ckpt.is_file() and stamp.is_file() and stamp.read_text() == key:
+        check_trained_loss(logs / spec.name, loss)
         return ckpt
     shutil.rmtree(logs / spec.name, ignore_errors=True)  # an unfinished or outdated run
     settings = spec.settings_or(settings)
@@ -112,6 +132,7 @@ def train(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path, b
     if proc.returncode != 0 or not ckpt.is_file():
         raise RuntimeError(f"training {spec.name} failed (exit {proc.returncode}):\n{' '.join(cmd)}\n"
                            + "".join(tail))
+    check_trained_loss(logs / spec.name, loss)
     stamp.write_text(key)
     return ckpt
 

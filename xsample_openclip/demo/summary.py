@@ -2,7 +2,9 @@
 
 Runs are named ``LOSS-sSEED``; every loss is trained once per seed with the same data order (the CSV
 loader is bit-reproducible for a seed), so ``LOSS-sK`` minus ``BASELINE-sK`` is a paired difference:
-its spread over seeds, next to the losses' own spread, shows whether a gain exceeds the seed noise.
+its spread over seeds, next to the losses' own spread, and its 95 % confidence interval (Student's t over
+seeds) show whether a gain exceeds the seed noise. Next to the summary goes the per-seed file
+(``tables``: one row per run, every number of the table) from which the table can be regenerated.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Sequence
+
+from .stats import mean_ci, mean_std
 
 
 def split_run(run_name: str):
@@ -28,12 +32,6 @@ def collect(results_csv) -> Dict[tuple, Dict[int, float]]:
             loss, seed = split_run(row["run"])
             values[(loss, row["dataset"], row["metric"])][seed] = 100 * float(row["value"])
     return values
-
-
-def mean_std(values: Sequence[float]):
-    if not values:
-        return None, None
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def fmt(mean, std, n, sign=False):
@@ -68,17 +66,26 @@ def summary_rows(values, losses: Sequence[str], headline, split: str, primary: S
     return rows
 
 
+def paired_cell(deltas: Sequence[float], n: int) -> str:
+    """Mean ± std of the paired differences and, from two seeds on, their 95 % confidence interval."""
+    cell = fmt(*mean_std(deltas), n, sign=True)
+    ci = mean_ci(deltas)
+    return cell if ci is None else f"{cell} [{ci[0]:+.1f}, {ci[1]:+.1f}]"
+
+
 def markdown(rows, losses: Sequence[str], seeds: Sequence[int], header: Sequence[str] = ()) -> str:
+    """The table: mean ± std per loss, paired Δ to ``losses[0]`` (mean ± std [95 % CI]), per-seed Δ."""
     n = len(seeds)
     head = [f"| metric (%; {n} seed{'s' if n > 1 else ''}: {', '.join(map(str, seeds))}) | "
-            + " | ".join(losses) + " | " + " | ".join(f"Δ {v} − {losses[0]}, paired" for v in losses[1:])
+            + " | ".join(losses) + " | "
+            + " | ".join(f"Δ {v} − {losses[0]}, paired [95 % CI]" for v in losses[1:])
             + " | " + " | ".join(f"Δ per seed ({v})" for v in losses[1:]) + " |",
             "|---|" + "---:|" * (len(losses) + 2 * (len(losses) - 1))]
     for row in rows:
         if not any(row["values"].values()):
             continue
         cells = [fmt(*mean_std(list(row["values"][loss].values())), n) for loss in losses]
-        deltas = [fmt(*mean_std(list(row["paired"][loss].values())), n, sign=True) for loss in losses[1:]]
+        deltas = [paired_cell(list(row["paired"][loss].values()), n) for loss in losses[1:]]
         per_seed = [", ".join(f"{d:+.1f}" for d in row["paired"][loss].values()) or "n/a" for loss in losses[1:]]
         label = row["label"] + (" (lower is better)" if row["lower_is_better"] else "")
         head.append(f"| {label} | " + " | ".join(cells + deltas + per_seed) + " |")
@@ -86,8 +93,10 @@ def markdown(rows, losses: Sequence[str], seeds: Sequence[int], header: Sequence
 
 
 def summarize(results_csv, out_dir, losses, headline, split, primary, seeds, header=(), name=None):
-    """Write summary-<name>.md and .json under ``out_dir`` (name: the split by default); return the
-    markdown table and the rows."""
+    """Write summary-<name>.md, .json and the per-seed summary-<name>-per-seed.csv under ``out_dir``
+    (name: the split by default); return the markdown table and the rows."""
+    from .tables import write_per_seed
+
     rows = summary_rows(collect(results_csv), losses, headline, split, primary)
     table = markdown(rows, losses, seeds, header)
     out_dir = Path(out_dir)
@@ -98,6 +107,7 @@ def summarize(results_csv, out_dir, losses, headline, split, primary, seeds, hea
          "rows": [{**r, "values": {k: {str(s): v for s, v in d.items()} for k, d in r["values"].items()},
                    "paired": {k: {str(s): v for s, v in d.items()} for k, d in r["paired"].items()}}
                   for r in rows]}, indent=1) + "\n")
+    write_per_seed(out_dir / f"summary-{name}-per-seed.csv", rows, losses, seeds)
     return table, rows
 
 
