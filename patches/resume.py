@@ -10,13 +10,16 @@ continues an X-Sample run); it is refused with the differences and the fixes, un
 Compared: ``loss`` and every setting the loss plugin lists in ``kept_on_resume`` (so every plugin's
 flags are covered, not only this package's). Checked for ``--resume latest`` (the run
 ``<logs>/<name>``, once it has a checkpoint) and for ``--resume PATH`` when PATH is
-``<run>/checkpoints/<file>.pt`` next to a ``params.txt``.
+``<run>/checkpoints/<file>.pt`` next to a ``params.txt``. A resume whose run's params.txt cannot be
+found (a checkpoint elsewhere or remote, ``--remote-sync``) cannot be compared; the plugin is told so
+(``registry.PREVIOUS_RUN_UNKNOWN``), and the X-Sample plugin then refuses to calibrate ``auto`` anew
+unless asked (``targets/resume_tau.py``).
 """
 import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from xsample_openclip.registry import ALLOW_CHANGES_FLAG, StartupResult
+from xsample_openclip.registry import ALLOW_CHANGES_FLAG, PREVIOUS_RUN_UNKNOWN, StartupResult
 
 
 def read_params(path) -> Dict[str, str]:
@@ -29,24 +32,49 @@ def read_params(path) -> Dict[str, str]:
     return params
 
 
-def previous_run(args) -> Optional[Path]:
-    """The params.txt of the run that ``--resume`` continues, if there is one on this file system."""
+def previous_run(args) -> Tuple[Optional[Path], Optional[str]]:
+    """(params.txt of the run ``--resume`` continues, None) when it is found; (None, why) when a
+    checkpoint will be loaded but that run's params.txt cannot be found; (None, None) when no
+    checkpoint will be loaded (not resuming, or ``--resume latest`` of a run without checkpoints, which
+    OpenCLIP starts afresh; a missing local PATH is OpenCLIP's own error)."""
     resume = getattr(args, "resume", None)
-    if resume is None or getattr(args, "remote_sync", None) is not None:
-        return None
+    if resume is None:
+        return None, None
     if resume == "latest":
         if not getattr(args, "name", None):
-            return None  # OpenCLIP makes a new dated name: nothing to continue
+            return None, None  # OpenCLIP makes a new dated name: nothing to continue
+        if getattr(args, "remote_sync", None) is not None:
+            return None, (f"with --remote-sync, --resume latest loads the newest checkpoint under "
+                          f"{args.remote_sync}/{args.name}/checkpoints, which start-up does not read (nor its "
+                          "params.txt there)")
         run = Path(args.logs, args.name)
         if not any((run / "checkpoints").glob("*.pt")):
-            return None  # nothing to resume from: OpenCLIP starts afresh
+            return None, None  # nothing to resume from: OpenCLIP starts afresh
     else:
         checkpoint = Path(resume)
-        if "://" in resume or not checkpoint.is_file() or checkpoint.parent.name != "checkpoints":
-            return None
+        if "://" in resume:
+            return None, f"the checkpoint {resume} is remote, and so is its run's params.txt"
+        if not checkpoint.is_file():
+            return None, None
+        if checkpoint.parent.name != "checkpoints":
+            return None, (f"{resume} is not in a <run>/checkpoints folder next to that run's params.txt"
+                          + _nearby_tau(checkpoint))
         run = checkpoint.parent.parent
     params = run / "params.txt"
-    return params if params.is_file() else None
+    if not params.is_file():
+        return None, f"{params} does not exist"
+    return params, None
+
+
+def _nearby_tau(checkpoint: Path) -> str:
+    """A hint: the tau_s a params.txt beside or above the checkpoint records (not used, only shown)."""
+    for params in (checkpoint.parent / "params.txt", checkpoint.parent.parent / "params.txt"):
+        if params.is_file():
+            tau = read_params(params).get("xsample_tau_s")
+            if tau is not None:
+                return f" (the params.txt at {params} records xsample_tau_s: {tau}; if that is the run, pass " \
+                       f"--xsample-tau-s {tau})"
+    return ""
 
 
 def _flag(name: str) -> str:
@@ -72,11 +100,14 @@ def changed_settings(args, previous: Dict[str, str], kept: Iterable[str]) -> Lis
 
 def resume_check(args, kept: Iterable[str]) -> Tuple[StartupResult, Optional[dict]]:
     """The refusal (or, with the override, the logged note) for a resume that changes the loss, and
-    the previous run's params (None when not resuming). A setting given as ``auto`` is resolved at
-    start-up by its plugin, which is handed the previous params to keep the run's value; it is not
-    compared here."""
+    the previous run's params (None when not resuming; ``{PREVIOUS_RUN_UNKNOWN: why}`` when a
+    checkpoint is loaded but its run's params.txt cannot be found, so nothing can be compared). A
+    setting given as ``auto`` is resolved at start-up by its plugin, which is handed the previous params
+    to decide (keep the run's value, recalibrate on request, or refuse); it is not compared here."""
     result = StartupResult()
-    params = previous_run(args)
+    params, unknown = previous_run(args)
+    if unknown is not None:
+        return result, {PREVIOUS_RUN_UNKNOWN: unknown}
     if params is None:
         return result, None
     previous = read_params(params)

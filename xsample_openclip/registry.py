@@ -11,7 +11,8 @@ typed Protocols, in the way pluggy writes hook specifications:
     startup(args, resumed) -> StartupResult
                                         file and data checks, run once on rank 0 after the process group
                                         exists and before the log folder is made (``resumed``: the
-                                        params.txt of the run ``--resume`` continues, or None); every
+                                        params.txt of the run ``--resume`` continues, or None, or
+                                        {PREVIOUS_RUN_UNKNOWN: why} when it cannot be found); every
                                         rank receives the result, so all stop together or all go on
     kept_on_resume(args) -> [name]      its settings that ``--resume`` must keep (checked against the
                                         run's params.txt)
@@ -42,6 +43,9 @@ DEFAULT_LOSS = "clip"
 BATCH_TOKENS = "batch_tokens"
 #: The flag that lets ``--resume`` continue a run with other loss settings.
 ALLOW_CHANGES_FLAG = "--resume-allow-loss-changes"
+#: The only key of the ``resumed`` dict a plugin's ``startup`` gets when ``--resume`` loads a checkpoint whose
+#: run's params.txt cannot be found (outside ``<run>/checkpoints``, ``--remote-sync``): its value says why.
+PREVIOUS_RUN_UNKNOWN = "previous_run_unknown"
 
 
 class LossRegistryError(RuntimeError):
@@ -186,6 +190,10 @@ class ClipLossPlugin:
     flag_groups: Sequence[FlagGroup] = ()
 
     def validate(self, args) -> List[str]:
+        views = getattr(args, "xsample_views", 1)
+        if views != 1:  # OpenCLIP's losses pair one image with one text
+            return [f"--xsample-views {views} needs a loss that takes two views per image: --loss xclr "
+                    "(image-image X-CLR) or --loss xsample; drop it for --loss clip"]
         return []
 
     def startup(self, args, resumed=None) -> StartupResult:

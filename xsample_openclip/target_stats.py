@@ -28,7 +28,9 @@ def parse_args(argv):
     p.add_argument("--csv-separator", default="\t")
     p.add_argument("--batch-size", type=int, default=256,
                    help="global batch: per-GPU batch x processes x --accum-freq (default 256)")
-    p.add_argument("--captions", type=int, default=2048, help="captions sampled from the data (default 2048)")
+    p.add_argument("--captions", type=int, default=2048,
+                   help="captions sampled uniformly from the whole data set (default 2048, as --xsample-tau-s auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample (training's --seed; default 0)")
     p.add_argument("--xsample-encoder", default=None)
     p.add_argument("--xsample-embeddings", default=None)
     p.add_argument("--taus", default=",".join(map(str, DEFAULT_TAUS)))
@@ -42,11 +44,11 @@ def embed_sample(args):
 
     from . import model_configs
     from .targets.flags import CAPTION_TARGETS
-    from .targets.sources import sample_captions
+    from .targets.sampling import sample_uniform
 
     model_configs.register()
-    captions, _ = sample_captions(args.train_data, args.captions, args.dataset_type, args.csv_caption_key,
-                                  args.csv_separator)
+    captions = sample_uniform(args.train_data, args.captions, args.seed, args.dataset_type, args.csv_caption_key,
+                              args.csv_separator).captions
     if len(captions) < 2:
         sys.exit(f"error: fewer than 2 captions could be read locally from {args.train_data}")
     tokenizer = get_tokenizer(args.model)

@@ -12,11 +12,13 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..registry import StartupResult
+from ..registry import ALLOW_CHANGES_FLAG, StartupResult
 from .encoders import DEFAULT_ENCODER, resolve_encoder_path
+from .resume_tau import CALIBRATION_RECORD, GIVEN, calibration_record, resume_decision
 
 AUTO = "auto"
-#: Captions sampled from the training data to calibrate ``--xsample-tau-s auto``.
+#: Captions sampled (uniformly, seeded by --seed: ``sampling.py``) from the training data to calibrate
+#: ``--xsample-tau-s auto``.
 CALIBRATION_CAPTIONS = 2048
 #: The most training captions ``--xsample-check-captions`` may read at start-up; a full check is the
 #: separate command ``python -m xsample_openclip.precompute --check``.
@@ -34,7 +36,7 @@ def tau_s_value(text: str):
 
 
 class CaptionTargetFlags:
-    title = "X-Sample caption targets (--loss xsample and --loss xsample-siglip)"
+    title = "X-Sample caption targets (--loss xsample, --loss xsample-siglip and --loss xclr)"
     #: Settings that change the targets: a resumed run must keep them.
     kept = ("xsample_tau_s", "xsample_self_mass", "xsample_encoder", "xsample_embeddings")
     #: tau_s auto at self-mass 0.7: chosen on the validation splits of both demo data sets (docs/validation.md)
@@ -48,9 +50,12 @@ class CaptionTargetFlags:
             "--xsample-tau-s", type=tau_s_value, default=d["xsample_tau_s"], metavar="TAU|auto",
             help="Temperature of the caption-similarity targets; smaller is sharper (tau_s -> 0 with "
                  "distinct captions is CLIP's/SigLIP's own target). 'auto' chooses it before step 0 from "
-                 "the run's own captions at the global batch size, so that each target row puts "
+                 f"{CALIBRATION_CAPTIONS} of the run's captions, sampled uniformly over the whole data set "
+                 "(seeded by --seed), at the global batch size, so that each target row puts "
                  "--xsample-self-mass on the sample itself; the chosen value is logged and recorded in "
-                 "params.txt (a resumed run keeps it).")
+                 "params.txt. A resumed run keeps it; a resume that changes the self-mass or global batch, "
+                 f"or whose params.txt cannot be found, is refused unless {ALLOW_CHANGES_FLAG} asks for "
+                 "a recalibration.")
         group.add_argument(
             "--xsample-self-mass", type=float, default=d["xsample_self_mass"],
             help="With --xsample-tau-s auto: the share of each target row's mass on the sample itself, "
@@ -102,7 +107,9 @@ class CaptionTargetFlags:
         return problems
 
     # --- start-up: files, data, calibration (rank 0) -------------------------------------------------
-    def startup(self, args, resumed: Optional[Dict[str, str]] = None) -> StartupResult:
+    def startup(self, args, resumed: Optional[Dict[str, str]] = None, views: int = 1) -> StartupResult:
+        """``views``: 2 for a loss whose target rows span the other 2N - 1 views of N samples (xclr):
+        ``--xsample-tau-s auto`` then calibrates the mass on the other view at 2N - 1 columns."""
         result = StartupResult()
         tokenizer = _tokenizer(args)
         if args.xsample_embeddings is not None:
@@ -112,8 +119,12 @@ class CaptionTargetFlags:
                 resolve_encoder_path(args.xsample_encoder or DEFAULT_ENCODER)
             except FileNotFoundError as err:
                 result.problems.append(str(err))
-        if not result.problems and args.xsample_tau_s == AUTO:
-            result.extend(self._calibrate(args, tokenizer, resumed))
+        if result.problems:
+            return result
+        if args.xsample_tau_s == AUTO:
+            result.extend(self._calibrate(args, tokenizer, resumed, views))
+        else:
+            result.updates[CALIBRATION_RECORD] = GIVEN
         return result
 
     def _table_startup(self, args, tokenizer) -> StartupResult:
@@ -163,20 +174,35 @@ class CaptionTargetFlags:
             result.notes.append(f"--xsample-embeddings {path} has all {read}")
         return result
 
-    def _calibrate(self, args, tokenizer, resumed) -> StartupResult:
-        from .calibrate import similarities_of, target_stats, tau_for_self_mass
-        from .sources import sample_captions
-
+    def _calibrate(self, args, tokenizer, resumed, views=1) -> StartupResult:
         result = StartupResult()
         global_batch = args.batch_size * max(1, args.world_size) * max(1, args.accum_freq)
-        previous = _float_or_none((resumed or {}).get("xsample_tau_s"))
-        if previous is not None:
-            result.updates["xsample_tau_s"] = previous
-            result.notes.append(f"X-Sample tau_s: {previous:.6g}, kept from the run being resumed "
-                                "(--xsample-tau-s auto is not recalibrated on resume)")
+        # two views: a row's other view weighs exp(1/tau_s), every other sample twice -> 2N - 1 columns
+        global_batch = views * global_batch - (views - 1)
+        decision = resume_decision(args, resumed, global_batch)
+        if decision.problem:
+            result.problems.append(decision.problem)
             return result
-        captions, _ = sample_captions(args.train_data, CALIBRATION_CAPTIONS, args.dataset_type,
-                                      args.csv_caption_key, args.csv_separator)
+        if decision.keep is not None:
+            result.updates.update(xsample_tau_s=decision.keep, **{CALIBRATION_RECORD: decision.record})
+            result.notes.append(f"X-Sample tau_s: {decision.keep!r}, kept from the run being resumed "
+                                f"({decision.record})")
+            return result
+        return result.extend(self._calibrate_now(args, tokenizer, global_batch, decision.recalibrating))
+
+    def _calibrate_now(self, args, tokenizer, global_batch, recalibrating=None) -> StartupResult:
+        from .calibrate import similarities_of, target_stats, tau_for_self_mass
+        from .sampling import sample_uniform
+
+        result = StartupResult()
+        try:
+            sample = sample_uniform(args.train_data, CALIBRATION_CAPTIONS, args.seed, args.dataset_type,
+                                    args.csv_caption_key, args.csv_separator)
+        except ValueError as err:
+            result.problems.append(f"--xsample-tau-s auto could not read the training captions of "
+                                   f"--train-data {args.train_data}: {err}")
+            return result
+        captions = sample.captions
         if len(captions) < 2:
             result.problems.append(
                 "--xsample-tau-s auto needs training captions to calibrate on, but fewer than 2 could be read "
@@ -196,12 +222,16 @@ class CaptionTargetFlags:
         similarities = similarities_of(embeddings.cpu())
         tau = tau_for_self_mass(similarities, args.xsample_self_mass, global_batch)
         stats = target_stats(similarities, tau, global_batch)
-        result.updates["xsample_tau_s"] = tau
+        record = calibration_record(args.xsample_self_mass, global_batch, sample.describe())
+        result.updates.update(xsample_tau_s=tau, **{CALIBRATION_RECORD: record})
+        if recalibrating:
+            result.notes.append(f"X-Sample tau_s RECALIBRATED on resume ({ALLOW_CHANGES_FLAG}): {recalibrating}; "
+                                f"from here on the targets use tau_s {tau!r}")
         result.notes.append(
             f"X-Sample tau_s calibrated: {tau:.6g} (--xsample-tau-s auto: self-mass {stats['self_mass']:.3f}, "
             f"target {args.xsample_self_mass}; row entropy {stats['entropy']:.2f} nats of at most "
-            f"{stats['uniform_entropy']:.2f}; global batch {global_batch}; from {len(captions)} training "
-            "captions)")
+            f"{stats['uniform_entropy']:.2f}; global batch {global_batch}; {sample.describe()}; "
+            f"{sample.report.summary()})")
         return result
 
     # --- build ---------------------------------------------------------------------------------------
@@ -235,13 +265,6 @@ def _tokenizer(args):
 
         return get_tokenizer(args.model, cache_dir=args.cache_dir, context_length=args.force_context_length)
     except Exception:  # noqa: BLE001 - an unknown model is OpenCLIP's own error, reported by main
-        return None
-
-
-def _float_or_none(text):
-    try:
-        return float(text)
-    except (TypeError, ValueError):
         return None
 
 

@@ -92,8 +92,12 @@ def is_caption_member(name: str) -> bool:
     return bool(match) and match.group(2).lower() == "txt"
 
 
-def iter_source(source, kind, caption_key="title", separator="\t", report=None) -> Iterator[str]:
-    """One source's captions as OpenCLIP's loader hands them to the tokenizer."""
+def iter_source(source, kind, caption_key="title", separator="\t", report=None, seekable=False) -> Iterator[str]:
+    """One source's captions as OpenCLIP's loader hands them to the tokenizer.
+
+    ``seekable``: open a local tar for random access, so members that are not captions (images) are
+    skipped by seeking past them instead of being read through, as a stream must. (A shard truncated
+    inside an image then ends quietly at the cut, where the stream reports it unreadable.)"""
     report = report if report is not None else ReadReport()
     if kind == "csv":
         import pandas as pd
@@ -105,7 +109,7 @@ def iter_source(source, kind, caption_key="title", separator="\t", report=None) 
                 yield str(clean_caption_text(caption))
     elif kind == "webdataset":
         try:
-            with tarfile.open(source, "r|*") as tar:
+            with tarfile.open(source, "r:*" if seekable else "r|*") as tar:
                 for member in tar:
                     if not (member.isfile() and is_caption_member(member.name)):
                         continue
