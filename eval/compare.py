@@ -3,7 +3,8 @@
     python -m eval.compare --model MODEL --run clip=PATH/epoch_N.pt --run xsample=PATH/epoch_N.pt \\
         --imagenet-root DIR --in9-root DIR --tasks zeroshot,linear_probe --out DIR
 
-Every evaluation is clip_benchmark 1.6.2 run in this process; this module only plans them, skips the ones
+Every evaluation is clip_benchmark 1.6.2 run in this process (the linear probe through ``linear_probe``,
+its protocol without its CUDA-only lines, so it runs on a CPU too); this module only plans them, skips the ones
 whose result JSON exists for the same checkpoint content (``checkpoints``), and summarises (results.csv,
 report.md, comparison.png). ``compare()`` is the same thing as a Python API, for any list of DatasetSpecs
 (e.g. custom ``wds/`` sets).
@@ -17,9 +18,10 @@ from typing import List
 
 from . import checkpoints, models, plot, report, results, runner
 from .benchmark import device_and_amp
-from .layouts import imagenet_specs, in9_specs, wds_specs  # noqa: F401  (the API: specs for compare())
-from .specs import (TASK_GROUPS, BgGap, DatasetSpec, Run, SetupError, check_name, parse_bg_gap,  # noqa: F401
-                    parse_named_dir, parse_run, parse_tasks)
+from .layouts import attach_probe_train, imagenet_specs, in9_specs, wds_specs  # noqa: F401  (the API)
+from .linear_probe import ProbeSettings, check_clip_benchmark
+from .specs import (LINEAR_PROBE, TASK_GROUPS, BgGap, DatasetSpec, Run, SetupError, check_name,  # noqa: F401
+                    parse_bg_gap, parse_named_dir, parse_run, parse_tasks)
 
 log = logging.getLogger(f"{__package__}.compare")  # not "__main__" under python -m
 
@@ -130,7 +132,7 @@ def _collect_rows(plan, datasets, runs, gaps):
 
 
 def compare(model, runs, datasets, tasks=("zeroshot",), out="eval-results", bg_gaps=(), batch_size=64,
-            num_workers=4, amp=None, recall_k=(1, 5, 10), notes=()):
+            num_workers=4, amp=None, recall_k=(1, 5, 10), notes=(), probe=None):
     """Evaluate every run on every dataset and write the comparison under ``out``.
 
     model: a registered OpenCLIP name (the package's xs-tiny-vit-* included) or ``local-dir:DIR``.
@@ -139,6 +141,8 @@ def compare(model, runs, datasets, tasks=("zeroshot",), out="eval-results", bg_g
     tasks: words from ``TASK_GROUPS`` ("zeroshot", "linear_probe") or concrete task names.
     bg_gaps: extra BgGap pairs; groups with mixed_same/mixed_rand variants get one automatically.
     amp: None = on with CUDA, off (fp32) on CPU. recall_k: retrieval R@k (each k at most the set's size).
+    probe: linear-probe ProbeSettings (default: clip_benchmark's defaults, 20 % of the training images
+    held out for the weight-decay search); the probe trains on each set's ``train_root`` or own train split.
     Evaluations whose result JSON exists are skipped, unless the run's checkpoint content changed since
     (then all of the run's evaluations are redone, with a note; see ``checkpoints``). Raises SetupError
     before evaluating on bad input, including a run name whose results in ``out`` are another checkpoint's.
@@ -149,6 +153,9 @@ def compare(model, runs, datasets, tasks=("zeroshot",), out="eval-results", bg_g
     for run in runs:
         models.check_checkpoint(model, run)
     models.register_package_configs()
+    probe = (probe or ProbeSettings()).check()
+    if LINEAR_PROBE in tasks:
+        check_clip_benchmark()
     device, amp = device_and_amp(amp)
     plan = runner.plan(runs, datasets, tasks, out, device, notes)
     if not plan:
@@ -159,7 +166,7 @@ def compare(model, runs, datasets, tasks=("zeroshot",), out="eval-results", bg_g
     pending = [e for e in plan if not runner.done(e)]
     if len(pending) < len(plan):
         log.info("%d of %d evaluations already have results in %s", len(plan) - len(pending), len(plan), out)
-    runner.execute(pending, model, out, batch_size, num_workers, amp, recall_k)
+    runner.execute(pending, model, out, batch_size, num_workers, amp, recall_k, device, probe)
     _check_unchanged(records, runs, notes)
     return _summarise(out, model, plan, datasets, runs, results.auto_bg_gaps(datasets) + list(bg_gaps), notes)
 
@@ -205,6 +212,13 @@ def build_parser():
                    help="also report top-1(SAME) - top-1(RAND) for two dataset names (e.g. shapes/mixed_same)")
     p.add_argument("--tasks", default="zeroshot", type=_argument(parse_tasks),
                    help=f"comma-separated subset of {','.join(TASK_GROUPS)} (default: zeroshot)")
+    p.add_argument("--probe-train", action="append", default=[],
+                   type=_argument(lambda t: parse_named_dir(t, "--probe-train")), metavar="NAME=DIR",
+                   help="train the linear probe of the set (or of every set of the group) NAME on DIR/train/, "
+                        "a wds/ classification set with the same classnames.txt (e.g. from eval.probe_sets)")
+    p.add_argument("--probe-val-proportion", type=float, default=ProbeSettings.val_proportion, metavar="P",
+                   help="share of the probe's training images held out to choose its weight decay "
+                        "(default: %(default)s)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="where results/, results.csv, report.md and comparison.png go")
     p.add_argument("--batch-size", type=int, default=64)
@@ -229,6 +243,8 @@ def datasets_from_args(args):
         notes.append("ImageNet-9 skipped: no --in9-root given")
     for name, folder in args.wds:
         datasets += wds_specs(name, folder)
+    for name, folder in args.probe_train:
+        datasets = attach_probe_train(datasets, name, folder)
     return datasets, notes
 
 
@@ -241,7 +257,8 @@ def main(argv=None):
         datasets, notes = datasets_from_args(args)
         comparison = compare(args.model, args.run, datasets, tasks=args.tasks, out=args.out, bg_gaps=args.bg_gap,
                              batch_size=args.batch_size, num_workers=args.num_workers, amp=args.amp,
-                             recall_k=args.recall_k, notes=notes)
+                             recall_k=args.recall_k, notes=notes,
+                             probe=ProbeSettings(val_proportion=args.probe_val_proportion))
     except SetupError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     for note in comparison.notes:

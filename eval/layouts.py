@@ -124,19 +124,64 @@ def _wds_type(folder):
     return open(path).read().strip().lower() if os.path.isfile(path) else "classification"
 
 
-def _wds_spec(name, folder, group=None, variant=None):
+def _has_train(folder):
+    return os.path.isfile(os.path.join(folder, "train", "nshards.txt"))
+
+
+def _wds_spec(name, folder, group=None, variant=None, train_root=None):
     retrieval = _wds_type(folder) == "retrieval"
     tasks = (ZEROSHOT_RETRIEVAL,) if retrieval else (ZEROSHOT_CLASSIFICATION,)
     notes = ()
     where = f"{os.path.dirname(folder)}/<variant>" if group else folder  # one note for a whole group
     if retrieval:
-        notes = (f"{group or name}: linear probe skipped, retrieval set",)
-    elif os.path.isfile(os.path.join(folder, "train", "nshards.txt")):
+        notes, train_root = (f"{group or name}: linear probe skipped, retrieval set",), None
+    elif train_root or _has_train(folder):
         tasks += (LINEAR_PROBE,)
     else:
-        notes = (f"{group or name}: linear probe skipped, no train split ({where}/train/nshards.txt)",)
+        notes = (f"{group or name}: linear probe skipped, no train split ({where}/train/nshards.txt"
+                 + (f" or {os.path.dirname(folder)}/train/nshards.txt)" if group else ")"),)
     cb_name = "wds/" + name.replace("/", "_")
-    return DatasetSpec(name, cb_name, os.path.abspath(folder), tasks, group=group, variant=variant, notes=notes)
+    return DatasetSpec(name, cb_name, os.path.abspath(folder), tasks, group=group, variant=variant, notes=notes,
+                       train_root=train_root)
+
+
+def _classnames(folder):
+    path = os.path.join(folder, "classnames.txt")
+    return open(path).read().split("\n") if os.path.isfile(path) else None
+
+
+def _check_probe_train(spec, folder, flag):
+    """``folder`` must be a wds/ set with a train split and the class names of ``spec``."""
+    expected = [f"{folder}/train/nshards.txt and {folder}/train/0.tar ..., and {folder}/classnames.txt "
+                f"identical to {spec.root}/classnames.txt"]
+    problems = [] if _has_train(folder) else [f"{folder}/train/nshards.txt does not exist"]
+    if _classnames(folder) != _classnames(spec.root):
+        problems.append(f"{folder}/classnames.txt differs from {spec.root}/classnames.txt (or is missing)")
+    if problems:
+        _fail(f"{flag} training split for {spec.name!r}", folder, expected, problems)
+
+
+def attach_probe_train(specs, name, folder):
+    """Specs where the set (or every set of the group) ``name`` gets its linear probe trained on
+    ``folder/train/`` (a wds/ classification set with the same class names), e.g. a probe training set
+    written by ``probe_sets`` for a test-only zero-shot set."""
+    import dataclasses
+
+    targets = [s for s in specs if name in (s.name, s.group) and s.cb_dataset.startswith("wds/")]
+    if not targets:
+        raise SetupError(f"--probe-train {name}=...: no wds dataset or group named {name!r} "
+                         f"(datasets: {', '.join(s.name for s in specs)})")
+    folder = os.path.abspath(folder)
+    out = []
+    for spec in specs:
+        if spec in targets:
+            if ZEROSHOT_RETRIEVAL in spec.tasks:
+                raise SetupError(f"--probe-train {name}=...: {spec.name} is a retrieval set; a probe needs classes")
+            _check_probe_train(spec, folder, "--probe-train")
+            spec = dataclasses.replace(spec, train_root=folder, notes=(),
+                                       tasks=tuple(dict.fromkeys(spec.tasks + (LINEAR_PROBE,))))
+        out.append(spec)
+    return out
 
 
 def _variant_order(variant):
@@ -148,7 +193,9 @@ def wds_specs(name, folder):
     """A clip_benchmark ``wds/`` set, or a group of them (one sub-folder per variant, e.g. mixed_same/).
 
     The task comes from the set: ``dataset_type.txt`` = retrieval -> zeroshot_retrieval, else
-    zeroshot_classification. A group's sets are named ``NAME/<sub-folder>``.
+    zeroshot_classification, plus linear_probe where there is a train split. A group's sets are named
+    ``NAME/<sub-folder>``; a group folder with its own ``train/`` split (and ``classnames.txt``) trains the
+    probe of every variant on it, as ImageNet-9's probe trains on original images and tests on each variant.
     """
     expected = [f"{folder}/test/nshards.txt and {folder}/test/0.tar ... (clip_benchmark's wds/ layout), plus "
                 "classnames.txt and zeroshot_classification_templates.txt unless dataset_type.txt says retrieval",
@@ -167,4 +214,7 @@ def wds_specs(name, folder):
     problems = [p for sub in subs for p in _wds_problems(os.path.join(folder, sub))]
     if problems:
         _fail(f"wds dataset {name!r}", folder, expected, problems)
-    return [_wds_spec(f"{name}/{sub}", os.path.join(folder, sub), group=name, variant=sub) for sub in subs]
+    specs = [_wds_spec(f"{name}/{sub}", os.path.join(folder, sub), group=name, variant=sub) for sub in subs]
+    if _has_train(folder):  # the group's own training images: every variant's probe trains on them (IN-9 style)
+        specs = attach_probe_train(specs, name, folder)
+    return specs

@@ -1,6 +1,7 @@
 """Plan the (run, dataset, task) evaluations of a comparison and run the ones without a result yet.
 
-Each evaluation is one clip_benchmark call (or, for the mapped IN-9 score, ``mapped.evaluate_mapped``);
+Each evaluation is one clip_benchmark call (or, for the mapped IN-9 score, ``mapped.evaluate_mapped``, and
+for the linear probe, clip_benchmark's protocol on any device, ``probe_run``);
 its result JSON is the record of it being done, which is what makes re-running cheap. Everything derived
 from a run's checkpoint lives under paths named after the run (``result_dir``, ``classifier_path``,
 ``feature_root``), so ``forget`` can drop it all when the checkpoint changes.
@@ -10,8 +11,9 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from . import mapped, models, results
+from . import checkpoints, mapped, models, results
 from .benchmark import clip_benchmark_argv, read_result, run_clip_benchmark
+from .probe_run import ProbeRun
 from .specs import IN1K_TO_IN9, LINEAR_PROBE, ZEROSHOT_CLASSIFICATION, DatasetSpec, Run
 
 
@@ -36,7 +38,7 @@ def classifier_path(out, run_name):
 
 
 def feature_root(out, run_name):
-    """clip_benchmark's linear-probe feature cache for the run (its own sub-folders are per model and set)."""
+    """The run's linear-probe features and fitted probes (``probe_cache``, keyed by checkpoint content)."""
     return os.path.join(out, "features", run_name)
 
 
@@ -57,9 +59,6 @@ def plan(runs, datasets, tasks, out, device, notes):
     """Every evaluation to have a result for, ImageNet-1k zero-shot first (it saves the shared classifier)."""
     if LINEAR_PROBE in tasks:
         notes.extend(dict.fromkeys(n for d in datasets for n in d.notes if n not in notes))
-        if device != "cuda" and any(LINEAR_PROBE in d.tasks for d in datasets):
-            notes.append("linear probe skipped: clip_benchmark 1.6.2's linear probe needs CUDA")
-            tasks = tuple(t for t in tasks if t != LINEAR_PROBE)
     evaluations = []
     for run in runs:
         for spec in datasets:
@@ -96,8 +95,16 @@ def _classnames_file(out, spec):
     return path
 
 
-def execute(pending, model, out, batch_size, num_workers, amp, recall_k):
-    """Run the pending evaluations; all IN-9 mapped ones of a run share one model load."""
+def _probe_run(model, cb_model, pretrained, run, out, device, amp, batch_size, num_workers, probe_settings):
+    """The run's linear probes, keyed by the checkpoint content recorded in runs.json (``checkpoints``)."""
+    content = checkpoints.load(out)[run.name]["identity"]["content"]
+    return ProbeRun(model=model, cb_model=cb_model, pretrained=pretrained, content=content,
+                    cache_folder=feature_root(out, run.name), device=device, amp=amp, batch_size=batch_size,
+                    num_workers=num_workers, settings=probe_settings)
+
+
+def execute(pending, model, out, batch_size, num_workers, amp, recall_k, device, probe_settings=None):
+    """Run the pending evaluations; all IN-9 mapped ones of a run share one model load, and so do its probes."""
     from tqdm import tqdm
 
     progress = tqdm(total=len(pending), desc="evaluations", unit="eval")
@@ -105,7 +112,16 @@ def execute(pending, model, out, batch_size, num_workers, amp, recall_k):
         cb_model, pretrained = models.model_for_run(model, run, out)
         classifier = classifier_path(out, run.name)
         os.makedirs(os.path.dirname(classifier), exist_ok=True)
-        for e in (e for e in pending if e.run == run and e.task != IN1K_TO_IN9):
+        probes = [e for e in pending if e.run == run and e.task == LINEAR_PROBE]
+        if probes:
+            prober = _probe_run(model, cb_model, pretrained, run, out, device, amp, batch_size, num_workers,
+                                probe_settings)
+            for e in probes:
+                progress.set_postfix_str(f"{run.name} · {e.spec.name} · {e.task}")
+                os.makedirs(os.path.dirname(e.output), exist_ok=True)
+                prober.evaluate(e.spec, e.output)
+                progress.update()
+        for e in (e for e in pending if e.run == run and e.task not in (IN1K_TO_IN9, LINEAR_PROBE)):
             progress.set_postfix_str(f"{run.name} · {e.spec.name} · {e.task}")
             os.makedirs(os.path.dirname(e.output), exist_ok=True)
             shared = _builds_in1k_classifier(e)
@@ -113,11 +129,8 @@ def execute(pending, model, out, batch_size, num_workers, amp, recall_k):
                 model=cb_model, pretrained=pretrained, dataset=e.spec.cb_dataset, root=e.spec.root, task=e.task,
                 output=e.output, batch_size=batch_size, num_workers=num_workers, amp=amp,
                 classnames_file=_classnames_file(out, e.spec) if e.spec.classnames else None,
-                feature_root=feature_root(out, run.name) if e.task == LINEAR_PROBE else None,
                 save_clf=classifier if shared and not os.path.isfile(classifier) else None,
                 load_clf=classifier if shared and os.path.isfile(classifier) else None, recall_k=recall_k)
-            if e.task == LINEAR_PROBE:
-                os.makedirs(feature_root(out, run.name), exist_ok=True)
             run_clip_benchmark(argv)
             progress.update()
         todo = [e for e in pending if e.run == run and e.task == IN1K_TO_IN9]

@@ -42,7 +42,8 @@ class DatasetSpec:
     ``cb_dataset``/``root`` are clip_benchmark's ``--dataset``/``--dataset_root``; ``tasks`` are the tasks
     this set supports; ``classnames`` overrides clip_benchmark's class names (IN-9's 9-way zero-shot).
     Sets sharing a ``group`` are variants of one benchmark (IN-9); a group with ``mixed_same`` and
-    ``mixed_rand`` variants gets a BG-Gap.
+    ``mixed_rand`` variants gets a BG-Gap. ``train_root``: where the linear probe's ``train/`` split is, if
+    not under ``root`` (the variants of a group all train on the group's training images).
     """
 
     name: str
@@ -53,6 +54,7 @@ class DatasetSpec:
     group: Optional[str] = None
     variant: Optional[str] = None
     notes: Tuple[str, ...] = field(default=())  # why a task this kind of set could have is unavailable
+    train_root: Optional[str] = None
 
 
 @dataclass(frozen=True)

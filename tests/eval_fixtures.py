@@ -2,8 +2,9 @@
 
 - ImageNet-1k: ``val/<wnid>/`` for all 1000 wnids (what OpenCLIP's --imagenet-val takes);
 - ImageNet-9: ``<variant>/val/<NN_class>/`` for all 8 test variants, as in backgrounds_challenge_data.tar.gz;
-- clip_benchmark ``wds/`` sets (classification, retrieval, a background group with mixed_same/mixed_rand),
-  written by the project's one layout writer, ``xsample_openclip.data.writers``;
+- clip_benchmark ``wds/`` sets (classification, retrieval, a background group with mixed_same/mixed_rand
+  and optionally the group's own train split), written by the project's one layout writer,
+  ``xsample_openclip.data.writers``;
 - OpenCLIP training checkpoints of the tiny config (``{'epoch', 'name', 'state_dict'}``).
 Images are tiny (32 px) random patterns, and the checkpoints random models: the tests check the tool's
 numbers against independent computations, not the models' accuracy.
@@ -83,11 +84,16 @@ def wds_retrieval(folder, n=12, seed=200):
     return str(folder)
 
 
-def wds_bg_group(folder, classes=("circle", "square", "triangle", "star", "heart", "moon"), per_class=3):
-    """A background-robustness group: one wds classification set per variant sub-folder."""
+def wds_bg_group(folder, classes=("circle", "square", "triangle", "star", "heart", "moon"), per_class=3,
+                 train=False):
+    """A background-robustness group: one wds classification set per variant sub-folder (and, with
+    ``train``, the group's own ``train/`` split, on which every variant's linear probe trains)."""
     sets = {variant: _items(300 + v, len(classes), per_class)
             for v, variant in enumerate(("original", "mixed_same", "mixed_rand"))}
     writers.write_cb_group(folder, sets, list(classes), TEMPLATES, image_ext="png")
+    if train:
+        writers.write_cb_classification(folder, _items(399, len(classes), per_class), classes, TEMPLATES,
+                                        split="train", image_ext="png")
     return str(folder)
 
 

@@ -42,7 +42,7 @@ def data(tmp_path_factory):
         # 3 classes: clip_benchmark writes acc5 as a bare NaN; the train split makes it linear-probe-able
         "cls": fx.wds_classification(root / "cls", ["cat", "dog", "car"], per_class=3, train=True),
         "ret": fx.wds_retrieval(root / "ret"),
-        "bg": fx.wds_bg_group(root / "bg"),
+        "bg": fx.wds_bg_group(root / "bg", train=True),  # the group's train split: a probe for every variant
         "clip": fx.checkpoint(root / "clip_epoch_1.pt", seed=0),
         "xsample": fx.checkpoint(root / "xsample_epoch_1.pt", seed=1, module_prefix=True),  # saved under DDP
     }
@@ -87,9 +87,9 @@ def expected_evaluations():
     pairs = [("imagenet1k", ZEROSHOT_CLASSIFICATION)]
     pairs += [(f"in9/{v}", t) for v in fx.IN9_VARIANTS for t in (ZEROSHOT_CLASSIFICATION, IN1K_TO_IN9)]
     pairs += [("cls", ZEROSHOT_CLASSIFICATION), ("ret", ZEROSHOT_RETRIEVAL)]
-    pairs += [(f"bg/{v}", ZEROSHOT_CLASSIFICATION) for v in ("original", "mixed_same", "mixed_rand")]
-    if CUDA:  # clip_benchmark's linear probe runs on CUDA only; cls is the one set with a train split
-        pairs.append(("cls", LINEAR_PROBE))
+    pairs += [(f"bg/{v}", t) for v in ("original", "mixed_same", "mixed_rand")
+              for t in (ZEROSHOT_CLASSIFICATION, LINEAR_PROBE)]  # the probe trains on the group's train split
+    pairs.append(("cls", LINEAR_PROBE))  # on any device (eval.linear_probe)
     return pairs
 
 
@@ -108,7 +108,8 @@ def test_every_evaluation_has_a_clip_benchmark_json(out):
         for dataset, task in expected_evaluations():
             result = result_json(out, run, dataset, task)
             assert result["task"] == task
-            assert ("image_retrieval_recall@1" if task == ZEROSHOT_RETRIEVAL else "acc1") in result["metrics"]
+            top1 = {ZEROSHOT_RETRIEVAL: "image_retrieval_recall@1", LINEAR_PROBE: "lp_acc1"}.get(task, "acc1")
+            assert top1 in result["metrics"]
     wrote = {p.name for p in (out / "results" / "clip").iterdir()}
     assert len(wrote) == len(expected_evaluations())
     assert result_json(out, "xsample", "cls", ZEROSHOT_CLASSIFICATION)["dataset"] == "wds/cls"
@@ -127,10 +128,10 @@ def test_results_csv_has_one_row_per_run_dataset_metric(out, data):
     for run in RUNS:
         for dataset, task in expected_evaluations():
             for metric, value in result_json(out, run, dataset, task)["metrics"].items():
-                if isinstance(value, float):
+                if isinstance(value, float) and metric != "weight_decay":  # the probe's setting, not a score
                     expected.add((run, dataset, task, metric))
         for gap in (("in9", ZEROSHOT_CLASSIFICATION), ("in9", IN1K_TO_IN9), ("bg", ZEROSHOT_CLASSIFICATION),
-                    ("cls-vs-bg", ZEROSHOT_CLASSIFICATION)):
+                    ("cls-vs-bg", ZEROSHOT_CLASSIFICATION), ("bg", LINEAR_PROBE), ("cls-vs-bg", LINEAR_PROBE)):
             expected.add((run, *gap, "bg_gap"))
     assert set(keys) == expected
     by_key = {(r["run"], r["dataset"], r["task"], r["metric"]): r for r in rows}
@@ -148,11 +149,14 @@ def test_bg_gap_is_mixed_same_minus_mixed_rand(out):
     cases = [("in9", "in9/mixed_same", "in9/mixed_rand", ZEROSHOT_CLASSIFICATION),
              ("in9", "in9/mixed_same", "in9/mixed_rand", IN1K_TO_IN9),
              ("bg", "bg/mixed_same", "bg/mixed_rand", ZEROSHOT_CLASSIFICATION),
-             ("cls-vs-bg", "cls", "bg/original", ZEROSHOT_CLASSIFICATION)]
+             ("cls-vs-bg", "cls", "bg/original", ZEROSHOT_CLASSIFICATION),
+             ("bg", "bg/mixed_same", "bg/mixed_rand", LINEAR_PROBE),  # BG-Gap by probe, next to zero-shot's
+             ("cls-vs-bg", "cls", "bg/original", LINEAR_PROBE)]
     for run in RUNS:
         for label, same, rand, task in cases:
-            acc_same = result_json(out, run, same, task)["metrics"]["acc1"]
-            acc_rand = result_json(out, run, rand, task)["metrics"]["acc1"]
+            metric = "lp_acc1" if task == LINEAR_PROBE else "acc1"
+            acc_same = result_json(out, run, same, task)["metrics"][metric]
+            acc_rand = result_json(out, run, rand, task)["metrics"][metric]
             assert rows[(run, label, task, "bg_gap")] == pytest.approx(acc_same - acc_rand, abs=1e-12)
 
 
@@ -353,15 +357,17 @@ def test_report_table(out):
     text = (out / "report.md").read_text()
     assert "| dataset | task | metric | clip | xsample | Δ xsample − clip |" in text
     table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    # headline rows: IN-1k, 8 x 2 IN-9, cls, 6 retrieval recalls, 3 bg, 4 BG-Gaps (+ the linear probe on CUDA)
-    assert len(table) == 1 + 16 + 1 + 6 + 3 + 4 + (1 if CUDA else 0)
+    # headline rows: IN-1k, 8 x 2 IN-9, cls, 6 retrieval recalls, 3 bg, 4 BG-Gaps, linear probe: cls, 3 bg,
+    # 2 BG-Gaps (bg, cls-vs-bg)
+    assert len(table) == 1 + 16 + 1 + 6 + 3 + 4 + 1 + 3 + 2
     in1k = [result_json(out, r, "imagenet1k", ZEROSHOT_CLASSIFICATION)["metrics"]["acc1"] for r in RUNS]
     cells = f"{100 * in1k[0]:.2f} | {100 * in1k[1]:.2f} | {100 * (in1k[1] - in1k[0]):+.2f}"
     assert f"| imagenet1k | zero-shot | top-1 | {cells} |" in table
     assert any(line.startswith("| in9 | zero-shot | BG-Gap") for line in table)
     assert "in9: linear probe skipped, IN-9 has no train split" in text
     assert "imagenet1k: linear probe skipped, no train split" in text
-    assert ("needs CUDA" in text) != CUDA
+    assert "| bg | linear probe | BG-Gap (lower is better) |" in text
+    assert "needs CUDA" not in text and "bg: linear probe skipped" not in text
 
 
 def test_comparison_png(out):
@@ -379,6 +385,7 @@ def test_rerun_skips_finished_evaluations(out, data, monkeypatch):
 
     monkeypatch.setattr(runner, "run_clip_benchmark", fail)
     monkeypatch.setattr(runner.mapped, "evaluate_mapped", fail)
+    monkeypatch.setattr(runner, "ProbeRun", fail)
     before = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")}
     csv_before = (out / "results.csv").read_text()
     comparison = compare.main(cli_args(data, out))

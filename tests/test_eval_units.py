@@ -130,6 +130,7 @@ def _no_evaluation(monkeypatch):
 
     monkeypatch.setattr(runner, "run_clip_benchmark", fail)
     monkeypatch.setattr(runner.mapped, "evaluate_mapped", fail)
+    monkeypatch.setattr(runner, "ProbeRun", fail)
 
 
 def _fake_imagenet(root, wnids):
@@ -268,3 +269,66 @@ def test_forget_drops_only_that_runs_files(tmp_path):
     assert all(os.path.exists(p) for p in (runner.result_dir(out, "b"), runner.feature_root(out, "b"),
                                            runner.classifier_path(out, "b")))
     assert runner.forget(out, "a") is False
+
+
+# ---- linear probe: where its training split comes from, and its refusals -------------------------------
+def _wds_set(folder, classes, splits=("test",)):
+    from xsample_openclip.data import writers
+
+    for split in splits:
+        writers.write_cb_classification(folder, [("k0", b"not decoded here", 0)], classes, ["a {c}"], split=split)
+    return str(folder)
+
+
+def test_group_train_split_probes_every_variant(tmp_path):
+    for variant in ("original", "mixed_same", "mixed_rand"):
+        _wds_set(tmp_path / "g" / variant, ["a", "b"])
+    plain = layouts.wds_specs("g", str(tmp_path / "g"))
+    assert all(LINEAR_PROBE not in s.tasks for s in plain)
+    assert "or " + str(tmp_path / "g") + "/train/nshards.txt" in plain[0].notes[0]
+    _wds_set(tmp_path / "g", ["a", "b"], splits=("train",))  # the group's own training images
+    specs = layouts.wds_specs("g", str(tmp_path / "g"))
+    assert [s.name for s in specs] == ["g/original", "g/mixed_same", "g/mixed_rand"]
+    assert all(LINEAR_PROBE in s.tasks and s.train_root == str(tmp_path / "g") and not s.notes for s in specs)
+
+
+def test_probe_train_flag_and_its_errors(tmp_path):
+    test_only = _wds_set(tmp_path / "held_out", ["cat", "dog"])
+    train = _wds_set(tmp_path / "probe", ["cat", "dog"], splits=("train",))
+    other_classes = _wds_set(tmp_path / "other", ["cat", "car"], splits=("train",))
+    no_train = _wds_set(tmp_path / "no_train", ["cat", "dog"])
+    args = compare.build_parser().parse_args(["--model", "m", "--run", "a=x", "--out", "o", "--wds",
+                                              f"h={test_only}", "--probe-train", f"h={train}"])
+    specs, _ = compare.datasets_from_args(args)
+    assert specs[0].train_root == train and LINEAR_PROBE in specs[0].tasks and not specs[0].notes
+    base = layouts.wds_specs("h", test_only)
+    with pytest.raises(SetupError, match="classnames.txt differs"):
+        layouts.attach_probe_train(base, "h", other_classes)
+    with pytest.raises(SetupError, match="train/nshards.txt does not exist"):
+        layouts.attach_probe_train(base, "h", no_train)
+    with pytest.raises(SetupError, match="no wds dataset or group named 'x'"):
+        layouts.attach_probe_train(base, "x", train)
+    from xsample_openclip.data import writers
+
+    writers.write_cb_retrieval(tmp_path / "ret", [("k0", b"x", ["a caption"])])
+    with pytest.raises(SetupError, match="retrieval set"):
+        layouts.attach_probe_train(layouts.wds_specs("r", str(tmp_path / "ret")), "r", train)
+
+
+def test_linear_probe_refusals(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from xsample_openclip.eval import linear_probe
+
+    _no_evaluation(monkeypatch)
+    with pytest.raises(SetupError, match="val_proportion must be in"):
+        linear_probe.ProbeSettings(val_proportion=1.0).check()
+    with pytest.raises(SetupError, match="4 training images cannot give a validation split"):
+        linear_probe.split_train_val(4, linear_probe.ProbeSettings())
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.7.0" if name == "clip_benchmark" else real(name))
+    spec = DatasetSpec("x", "wds/x", str(tmp_path), (LINEAR_PROBE,))
+    with pytest.raises(SetupError, match="mirrors clip_benchmark 1.6.2's metrics/linear_probe.py, but "
+                                         "clip_benchmark 1.7.0 is installed"):
+        compare.compare("xs-tiny-vit-32", {"a": __file__}, [spec], tasks="linear_probe", out=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
