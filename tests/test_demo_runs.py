@@ -130,6 +130,8 @@ def test_start_up_hook_refuses_a_plugin_loss_when_disabled():
     (["python", "/v/bin/torchrun", "--nproc_per_node", "2", "-m", "open_clip_train.main", "--loss", "xsample"],
      "xsample"),
     (["python", "/site-packages/open_clip_train/main.py", "--loss", "xsample"], "xsample"),
+    (["python", "-m", "open_clip_train.main", "--loss", "xclr", "--xsample-views", "2"], "xclr"),
+    (["python", "-m", "open_clip_train.main", "--loss=my-thirdparty-loss"], "my-thirdparty-loss"),
     (["python", "-m", "open_clip_train.main", "--loss", "clip"], None),
     (["python", "-m", "open_clip_train.main", "--loss-dist-impl", "shift"], None),
     (["python", "-m", "xsample_openclip.launch", "--loss", "xsample"], None),

@@ -6,9 +6,9 @@ small finder first on ``sys.meta_path`` that recognises the few OpenCLIP modules
 (``patches.PATCHES``). When one of them is imported, the finder lets the normal finders locate it,
 wraps its loader, and once the module has executed applies the patch. A process that never imports
 OpenCLIP pays for a set lookup per import and nothing else. ``XSAMPLE_OPENCLIP_DISABLE=1`` turns it off;
-then a process that asks ``open_clip_train.main`` for a plugin loss (``--loss xsample*``) is stopped here,
-because stock OpenCLIP would read ``--loss xsample`` as ``--loss-dist-impl xsample`` and silently train
-plain CLIP: the message names the hook-free launcher, ``python -m xsample_openclip.launch``.
+then a process that asks ``open_clip_train.main`` for a plugin loss (any ``--loss`` but ``clip``: stock
+OpenCLIP has no ``--loss``) is stopped here, because stock OpenCLIP would read ``--loss xsample`` as
+``--loss-dist-impl xsample`` and silently train plain CLIP: the message names the hook-free launcher, ``python -m xsample_openclip.launch``.
 """
 import os
 import sys
@@ -92,14 +92,15 @@ def _trainer_args(argv):
 
 
 def plugin_loss_asked(argv):
-    """The ``--loss`` value if ``argv`` runs open_clip_train.main with a plugin loss (``xsample*``), else None."""
+    """The ``--loss`` value if ``argv`` runs open_clip_train.main with a plugin loss, else None. Every value
+    but ``clip`` is one: stock OpenCLIP has no ``--loss`` and reads any value as ``--loss-dist-impl``."""
     args = _trainer_args(argv)
     if args is None:
         return None
     for i, token in enumerate(args):
         value = args[i + 1] if token == "--loss" and i + 1 < len(args) else (
             token[len("--loss="):] if token.startswith("--loss=") else None)
-        if value is not None and value.startswith("xsample"):
+        if value is not None and value != "clip":
             return value
     return None
 
