@@ -94,6 +94,7 @@ setup(
             "clip = xsample_openclip.registry:ClipLossPlugin",
             "xsample = xsample_openclip.plugins:XSampleLossPlugin",
             "xsample-siglip = xsample_openclip.plugins:XSampleSigLipLossPlugin",
+            "xclr = xsample_openclip.plugins:XClrLossPlugin",
         ],
     },
     cmdclass={"build_py": BuildPyWithHook, "editable_wheel": EditableWheelWithHook},

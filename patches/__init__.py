@@ -12,6 +12,8 @@ hook) or explicitly (``install``):
 - ``open_clip_train.train.evaluate``: the plugin loss's objective on the validation data (evaluation.py);
 - ``open_clip_train.data.get_csv_dataset``: with a plugin loss, CSV bytes that are not UTF-8 do not
   crash the run (csv_data.py);
+- ``open_clip_train.data.get_data``: two augmented views per training image with ``--xsample-views 2``
+  (views.py; the training loop then flattens them for the model, train_loop.py);
 - the same names already bound in ``open_clip_train.main``, if it was imported first.
 The package's tiny model configs are registered with OpenCLIP as well.
 """
@@ -87,13 +89,16 @@ def patch_data(data):
     if unsupported_version_message() is not None:
         return
     from .csv_data import wrap_get_csv_dataset
+    from .views import wrap_get_data
 
     _patch_attr(data, "get_csv_dataset", wrap_get_csv_dataset)
+    _patch_attr(data, "get_data", wrap_get_data)
 
 
 def patch_main(main):
     """Rebind names that ``open_clip_train.main`` imported before the patches existed."""
     import open_clip
+    import open_clip_train.data
     import open_clip_train.distributed
     import open_clip_train.params
     import open_clip_train.train
@@ -103,6 +108,7 @@ def patch_main(main):
     main.init_distributed_device = open_clip_train.distributed.init_distributed_device
     main.train_one_epoch = open_clip_train.train.train_one_epoch
     main.evaluate = open_clip_train.train.evaluate
+    main.get_data = open_clip_train.data.get_data
 
 
 #: Module name -> its patch; the start-up hook watches exactly these names.

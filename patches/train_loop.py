@@ -22,15 +22,23 @@ import torch
 from xsample_openclip import registry
 
 from .finite import FiniteLossGuard, Streak
+from .views import with_views
 
 
 class TokenTap:
     """Pairs each batch's token tensor as the loader made it with the tensor the model is called with."""
 
-    def __init__(self, keep: int = 64):
+    #: Texts remembered at least, whatever ``accum_freq``.
+    MIN_KEEP = 64
+
+    def __init__(self, accum_freq: int = 1):
         self._pending = None
         self._known = OrderedDict()  # id(text the model saw) -> (that tensor, the loader's host tensor)
-        self._keep = keep
+        # With --accum-freq k, train_one_epoch forwards k micro-batches without gradient (k new texts
+        # noted here), then forwards the same k text tensors again with gradient: all k must still be
+        # known then, or the loss gets device token ids (a crash on CUDA). 2k keeps a whole step even
+        # if the loop forwards a second text per micro-batch; older entries are never looked up again.
+        self._keep = max(self.MIN_KEEP, 2 * max(1, int(accum_freq)))
 
     def loader_batch(self, texts) -> None:
         self._pending = texts
@@ -91,9 +99,9 @@ class TokenModel:
         setattr(self._model, name, value)
 
 
-def with_token_tap(model, data, split):
+def with_token_tap(model, data, split, accum_freq: int = 1):
     """(model proxy, data dict whose ``split`` loader reports its host token tensors)."""
-    tap = TokenTap()
+    tap = TokenTap(accum_freq)
     info = data[split]
     data = dict(data)
     data[split] = dataclasses.replace(info, dataloader=RecordingLoader(info.dataloader, tap))
@@ -113,8 +121,11 @@ def wrap_train_one_epoch(stock):
         bound = signature.bind(*call_args, **call_kwargs)
         model, data, loss, epoch, args = (bound.arguments[k] for k in ("model", "data", "loss", "epoch", "args"))
         plugin_loss = loss if isinstance(loss, registry.PluginLoss) else None
+        if registry.loss_run(args) is not None:  # --xsample-views 2: [B, 2, C, H, W] -> [2B, C, H, W]
+            model = bound.arguments["model"] = with_views(model, args)
         if plugin_loss is not None and plugin_loss.needs_batch_tokens:
-            bound.arguments["model"], bound.arguments["data"] = with_token_tap(model, data, "train")
+            bound.arguments["model"], bound.arguments["data"] = with_token_tap(
+                model, data, "train", getattr(args, "accum_freq", 1))
         guard = None
         run = registry.loss_run(args)
         if run is not None and args.loss != "clip":

@@ -121,12 +121,15 @@ def test_the_registry_lists_the_third_party_loss(third_party, data):
 def test_package_plugins_and_losses_follow_the_typed_contract():
     from xsample_openclip.losses import XSampleLoss, XSampleSigLipLoss
 
-    for name in ("clip", "xsample", "xsample-siglip"):
+    from xsample_openclip.losses.xclr import XClrLoss
+
+    for name in ("clip", "xsample", "xsample-siglip", "xclr"):
         assert isinstance(registry.load_plugin(name), registry.LossPlugin)
     assert isinstance(XSampleLoss(), registry.PluginLoss) and isinstance(XSampleSigLipLoss(), registry.PluginLoss)
+    assert isinstance(XClrLoss(), registry.PluginLoss)
     assert not isinstance(ClipLoss(), registry.PluginLoss)
     groups = [g.title for name in registry.available_losses() for g in registry.load_plugin(name).flag_groups]
-    assert groups.count("X-Sample caption targets (--loss xsample and --loss xsample-siglip)") == 2  # shared, added once
+    assert groups.count("X-Sample caption targets (--loss xsample, --loss xsample-siglip and --loss xclr)") == 3  # shared, added once
 
 
 def test_create_loss_routes_only_arguments_from_the_patched_parser():

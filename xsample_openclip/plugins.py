@@ -1,15 +1,20 @@
-"""The two X-Sample entry points of the loss registry: ``xsample`` (softmax) and ``xsample-siglip`` (sigmoid).
+"""The X-Sample entry points of the loss registry: ``xsample`` (softmax), ``xsample-siglip`` (sigmoid) and
+``xclr`` (the paper's image-image X-CLR over two augmented views, image tower only).
 
 Each is a ``registry.LossPlugin`` built from the same caption-target pieces (``targets.flags``: the
-shared ``--xsample-*`` flags, their start-up checks, the caption embedder) plus its own flags; neither
-needs anything from the training loop beyond the registry's contract.
+shared ``--xsample-*`` flags, their start-up checks, the caption embedder) plus its own flags; none
+needs anything from the training loop beyond the registry's contract, except that ``xsample`` and
+``xclr`` take two augmented views per image (``views.VIEW_FLAGS``; the loaders and the loop are
+patched for them in ``patches/views.py``).
 """
 import abc
+import argparse
 import logging
 from typing import List
 
 from .registry import StartupResult
 from .targets.flags import CAPTION_TARGETS
+from .views import VIEW_FLAGS, views_of
 
 
 def _common_refusals(args, loss: str) -> List[str]:
@@ -93,7 +98,21 @@ class _XSamplePlugin(abc.ABC):
         """(the loss module, its settings as one line for the log)"""
 
 
-class XSampleLossPlugin(_XSamplePlugin):
+class _ViewsPlugin(_XSamplePlugin):
+    """An X-Sample entry point that also takes two augmented views per image (``views.VIEW_FLAGS``)."""
+
+    @property
+    def flag_groups(self):
+        return (CAPTION_TARGETS, VIEW_FLAGS, self.own_flags)
+
+    def startup(self, args, resumed=None) -> StartupResult:
+        return super().startup(args, resumed).extend(VIEW_FLAGS.startup(args))
+
+    def kept_on_resume(self, args):
+        return tuple(super().kept_on_resume(args)) + VIEW_FLAGS.kept
+
+
+class XSampleLossPlugin(_ViewsPlugin):
     """Entry point ``xsample`` of the ``open_clip_train.losses`` group."""
 
     name = "xsample"
@@ -109,7 +128,7 @@ class XSampleLossPlugin(_XSamplePlugin):
             problems.append(f"--xsample-clip-weight must be in [0, 1], got {args.xsample_clip_weight}")
         if not args.xsample_image_weight >= 0.0:
             problems.append(f"--xsample-image-weight must be >= 0, got {args.xsample_image_weight}")
-        return problems
+        return problems + VIEW_FLAGS.validate(args)
 
     def make_loss(self, args, embedder):
         from .losses.softmax import XSampleLoss
@@ -119,7 +138,7 @@ class XSampleLossPlugin(_XSamplePlugin):
                            gather_with_grad=args.gather_with_grad, rank=args.rank,
                            world_size=args.world_size, use_horovod=args.horovod)
         return loss, (f"tau_s={args.xsample_tau_s:.6g}, clip_weight={args.xsample_clip_weight}, "
-                      f"image_weight={args.xsample_image_weight}")
+                      f"image_weight={args.xsample_image_weight}, views={views_of(args)}")
 
 
 class XSampleSigLipLossPlugin(_XSamplePlugin):
@@ -131,6 +150,9 @@ class XSampleSigLipLossPlugin(_XSamplePlugin):
 
     def validate(self, args) -> List[str]:
         problems = _common_refusals(args, self.name)
+        if views_of(args) != 1:
+            problems.append(f"--xsample-views {views_of(args)} is not supported by --loss xsample-siglip; "
+                            "use --loss xclr or --loss xsample for two views per image")
         if not (args.siglip or _config_has_logit_bias(args.model)):
             problems.append(
                 f"--loss xsample-siglip needs a model with a logit bias, and --model {args.model} has none: "
@@ -145,6 +167,72 @@ class XSampleSigLipLossPlugin(_XSamplePlugin):
                                  rank=args.rank, world_size=args.world_size, dist_impl=args.loss_dist_impl)
         return loss, (f"tau_s={args.xsample_tau_s:.6g}, target={args.xsample_siglip_target}, "
                       f"dist_impl={args.loss_dist_impl or 'bidir'}")
+
+
+class XClrFlags:
+    title = "X-CLR between two views (--loss xclr)"
+    kept = ("xsample_xclr_temperature",)
+
+    def add_to(self, parser):
+        group = parser.add_argument_group(self.title)
+        group.add_argument(
+            "--xsample-xclr-temperature", type=_temperature_value, default=0.1, metavar="T|learned",
+            help="Logit temperature T of --loss xclr (logits = cosine / T): the paper's fixed 0.1 by default, "
+                 "or 'learned' for the model's own logit scale (trained, as in CLIP).")
+
+
+def _temperature_value(text):
+    if text == "learned":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'learned', got {text!r}") from None
+
+
+class XClrLossPlugin(_ViewsPlugin):
+    """Entry point ``xclr``: the paper's image-image X-CLR between two augmented views of each image
+    (``losses.xclr``); the image tower alone is trained (``--lock-text`` is required)."""
+
+    name = "xclr"
+    description = "image-image X-CLR over two views"
+    own_flags = XClrFlags()
+
+    def startup(self, args, resumed=None) -> StartupResult:
+        # a target row spans the other 2N - 1 views: --xsample-tau-s auto calibrates at that width
+        return CAPTION_TARGETS.startup(args, resumed, views=2).extend(VIEW_FLAGS.startup(args))
+
+    def validate(self, args) -> List[str]:
+        problems = _common_refusals(args, self.name)
+        if args.siglip:
+            problems.append("--loss xclr is a softmax loss and cannot be combined with --siglip; drop --siglip")
+        if views_of(args) != 2:
+            problems.append("--loss xclr contrasts two augmented views of each image: add --xsample-views 2")
+        if not (args.lock_text and args.lock_text_freeze_layer_norm) or args.lock_text_unlocked_layers:
+            problems.append(
+                "--loss xclr trains the image tower only (its loss never sees the text features), so the text "
+                "tower must be frozen: add --lock-text --lock-text-freeze-layer-norm (OpenCLIP 3.3.0's "
+                "CLIP.lock_text_tower asserts the second), with --lock-text-unlocked-layers 0; otherwise the "
+                "text weights would get no gradient and multi-process DDP would stop at the second step")
+        temperature = args.xsample_xclr_temperature
+        if temperature != "learned" and not temperature > 0:
+            problems.append(f"--xsample-xclr-temperature must be > 0 or 'learned', got {temperature}")
+        for flag in ("xsample_clip_weight", "xsample_image_weight"):
+            if getattr(args, flag, 0.0):
+                problems.append(f"--{flag.replace('_', '-')} belongs to --loss xsample (image-text); --loss xclr "
+                                "has no image-text term: drop it, or use --loss xsample --xsample-views 2 "
+                                "--xsample-image-weight W for both terms")
+        return problems + VIEW_FLAGS.validate(args)
+
+    def make_loss(self, args, embedder):
+        from .losses.xclr import XClrLoss
+
+        temperature = args.xsample_xclr_temperature
+        loss = XClrLoss(embedder, tau_s=args.xsample_tau_s,
+                        temperature=None if temperature == "learned" else temperature,
+                        local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, rank=args.rank,
+                        world_size=args.world_size, use_horovod=args.horovod)
+        return loss, f"tau_s={args.xsample_tau_s:.6g}, temperature={temperature}, views=2"
 
 
 def _config_has_logit_bias(model: str) -> bool:

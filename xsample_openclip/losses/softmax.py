@@ -11,6 +11,12 @@ features T, logit scale s and frozen caption embeddings E (unit rows):
     L     = (L_i2t + L_t2i) / 2
           + w_img * mean_i CE(P'_i, softmax_{j != i}(s I_i . I_j))   P': P with the diagonal masked
 
+Two views per sample (``--xsample-views 2``: 2N interleaved image rows, rows 2i and 2i + 1 = sample i;
+see ``xclr.py``): the image-text term is the mean of the term above computed for each view on its
+own (view 1 against the N texts, view 2 against the N texts), and the image-image term is X-CLR over
+the 2N views (``xclr.xclr_loss``: targets tiled over the views, self-pairs left out, logits s I_r . I_c).
+With two identical views the image-text term is the one-view term.
+
 Distributed training follows OpenCLIP's ``ClipLoss`` exactly (same gather, same gradient semantics
 for ``local_loss`` / ``gather_with_grad``); caption embeddings are gathered without gradient in the
 same rank order, so each rank's rows see the global columns. The contrastive term is fused
@@ -25,6 +31,7 @@ from open_clip.loss import gather_features
 from .common import CaptionTargetLoss
 from .fused_softmax import masked_soft_cross_entropy, soft_clip_loss, soft_row_cross_entropy
 from .graph import softmax_targets, unit_captions
+from .xclr import view_rows, views_per_caption, xclr_loss
 
 
 class XSampleLoss(CaptionTargetLoss):
@@ -89,32 +96,34 @@ class XSampleLoss(CaptionTargetLoss):
                              "--loss xsample-siglip")
         if caption_embeddings is None:
             caption_embeddings = self.caption_embeddings_for(batch_tokens, image_features.device)
-        if caption_embeddings.shape[0] != image_features.shape[0]:
+        if caption_embeddings.shape[0] != text_features.shape[0]:
             raise ValueError(
-                f"{caption_embeddings.shape[0]} caption embeddings for {image_features.shape[0]} images")
+                f"{caption_embeddings.shape[0]} caption embeddings for {text_features.shape[0]} texts")
+        views = views_per_caption(image_features.shape[0], caption_embeddings.shape[0])
         caption_embeddings = unit_captions(caption_embeddings.to(image_features.device))
 
         all_image, all_text, all_captions = self._gather(image_features, text_features, caption_embeddings)
         distributed_local = self.world_size > 1 and self.local_loss
         if distributed_local:
             row_image, row_text, row_captions = image_features, text_features, caption_embeddings
-            row_offset = self.rank * image_features.shape[0]
+            row_offset = self.rank * caption_embeddings.shape[0]  # the anchors' first sample
         else:
             row_image, row_text, row_captions = all_image, all_text, all_captions
             row_offset = 0
 
         target = softmax_targets(row_captions, all_captions, self.tau_s, row_offset, self.clip_weight)
-        if distributed_local:
-            # local rows against global columns; one target serves both directions
-            contrastive = (soft_row_cross_entropy(row_image, all_text, logit_scale, target, True)
-                           + soft_row_cross_entropy(row_text, all_image, logit_scale, target, True)) / 2
-        else:
-            # text->image logits are the transpose of image->text ones (ClipLoss's global mode)
-            contrastive = soft_clip_loss(row_image, all_text, logit_scale, target, True)
+        contrastive = sum(  # the fused kernels consume the target: the last view gets the original
+            self._image_text(view_rows(row_image, v) if views > 1 else row_image,
+                             view_rows(all_image, v) if views > 1 else all_image, row_text, all_text,
+                             logit_scale, target if v == views - 1 else target.clone(), distributed_local)
+            for v in range(views)) / views
         del target
         losses = {"xsample_loss": contrastive}
 
-        if self.image_weight and all_image.shape[0] > 1:
+        if self.image_weight and views > 1:
+            losses["xsample_image_loss"] = self.image_weight * xclr_loss(
+                row_image, all_image, row_captions, all_captions, self.tau_s, logit_scale, row_offset)
+        elif self.image_weight and all_image.shape[0] > 1:
             image_target = softmax_targets(row_captions, all_captions, self.tau_s, row_offset, mask_self=True)
             image_logits = logit_scale * row_image @ all_image.T
             rows = torch.arange(image_logits.shape[0], device=image_logits.device)
@@ -127,3 +136,12 @@ class XSampleLoss(CaptionTargetLoss):
         if output_dict:
             return losses
         return sum(losses.values())
+
+    @staticmethod
+    def _image_text(row_image, all_image, row_text, all_text, logit_scale, target, distributed_local):
+        if distributed_local:
+            # local rows against global columns; one target serves both directions
+            return (soft_row_cross_entropy(row_image, all_text, logit_scale, target, True)
+                    + soft_row_cross_entropy(row_text, all_image, logit_scale, target, True)) / 2
+        # text->image logits are the transpose of image->text ones (ClipLoss's global mode)
+        return soft_clip_loss(row_image, all_text, logit_scale, target, True)
