@@ -171,10 +171,16 @@ class XSampleSigLipLossPlugin(_XSamplePlugin):
 
 class XClrFlags:
     title = "X-CLR between two views (--loss xclr)"
-    kept = ("xsample_xclr_temperature",)
+    kept = ("xsample_xclr_temperature", "xsample_xclr_graph")
 
     def add_to(self, parser):
         group = parser.add_argument_group(self.title)
+        group.add_argument(
+            "--xsample-xclr-graph", choices=("captions", "instance"), default="captions",
+            help="Targets of --loss xclr: 'captions', the caption graph (X-CLR; class captions such as 'a photo "
+                 "of a dog' with a small --xsample-tau-s, e.g. 1e-4, give SupCon), or 'instance', each view's "
+                 "only positive is its other view (SimCLR's NT-Xent; the captions and --xsample-tau-s are "
+                 "not used).")
         group.add_argument(
             "--xsample-xclr-temperature", type=_temperature_value, default=0.1, metavar="T|learned",
             help="Logit temperature T of --loss xclr (logits = cosine / T): the paper's fixed 0.1 by default, "
@@ -231,8 +237,10 @@ class XClrLossPlugin(_ViewsPlugin):
         loss = XClrLoss(embedder, tau_s=args.xsample_tau_s,
                         temperature=None if temperature == "learned" else temperature,
                         local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, rank=args.rank,
-                        world_size=args.world_size, use_horovod=args.horovod)
-        return loss, f"tau_s={args.xsample_tau_s:.6g}, temperature={temperature}, views=2"
+                        world_size=args.world_size, use_horovod=args.horovod, graph=args.xsample_xclr_graph)
+        if args.xsample_xclr_graph == "instance":
+            return loss, f"graph=instance (SimCLR; captions and tau_s unused), temperature={temperature}, views=2"
+        return loss, f"tau_s={args.xsample_tau_s:.6g}, temperature={temperature}, views=2, graph=captions"
 
 
 def _config_has_logit_bias(model: str) -> bool:

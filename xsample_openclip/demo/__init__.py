@@ -8,5 +8,7 @@ OpenCLIP's own trainer with OpenCLIP's flags (``python -m xsample_openclip.launc
 launcher), checks each run's params.txt for the asked loss (``trained_loss``) and reuses a run only if
 nothing that determines its result changed (``fingerprint``); ``summary`` aggregates seeds (mean, std,
 paired differences with 95 % CIs from ``stats``); ``tables`` writes the per-seed file and rebuilds a
-table from it alone; ``plots`` draws the comparison and the training-loss curves.
+table from it alone; ``plots`` draws the comparison and the training-loss curves; ``paper`` is the
+``--family paper`` comparison (CLIP, SimCLR, X-CLR, SupCon, X-Sample by linear probe) and ``datasize``
+plots its probe accuracy against the training-data fraction.
 """

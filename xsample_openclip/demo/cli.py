@@ -7,6 +7,8 @@
     python -m xsample_openclip.demo --out runs/ft --finetune                # fine-tune a trained stock CLIP
     python -m xsample_openclip.demo --out runs/shapes --dataset shapes      # attribute-heavy captions
     python -m xsample_openclip.demo --out runs/bg --data-variant decorrelated   # backgrounds carry no class
+    python -m xsample_openclip.demo --out runs/paper --family paper --seeds 0 1 2 3 4   # CLIP, SimCLR, X-CLR,
+        SupCon, X-Sample (+ two views) by linear probe (``demo/paper.py``); --data-fraction 0.25 for less data
 
 1. builds the data (cached under OUT/data); 2. trains the baseline (``--loss clip``, or ``--loss clip
 --siglip`` for the sigmoid family) and every X-Sample variant with identical settings, data order and
@@ -72,8 +74,9 @@ def parse_args(argv):
                    help="held-out sets to evaluate: val to choose settings, test to report (default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one run per loss each)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the data build and split")
-    p.add_argument("--family", choices=sorted(FAMILIES), default="softmax",
-                   help="softmax: CLIP vs X-Sample; sigmoid: SigLIP vs X-Sample SigLIP")
+    p.add_argument("--family", choices=sorted(FAMILIES) + ["paper"], default="softmax",
+                   help="softmax: CLIP vs X-Sample; sigmoid: SigLIP vs X-Sample SigLIP; paper: CLIP, SimCLR, "
+                        "X-CLR (caption and class graphs), SupCon, X-Sample (one and two views), by linear probe")
     p.add_argument("--epochs", type=int, default=DEFAULT_SETTINGS.epochs)
     p.add_argument("--batch-size", type=int, default=DEFAULT_SETTINGS.batch_size)
     p.add_argument("--lr", type=float, default=DEFAULT_SETTINGS.lr)
@@ -87,7 +90,38 @@ def parse_args(argv):
     p.add_argument("--finetune-epochs", type=int, default=6)
     p.add_argument("--finetune-lr", type=float, default=None, help="default: --lr / 2")
     p.add_argument("--parallel", type=int, default=2, help="runs trained at once (one thread each)")
+    paper = p.add_argument_group("--family paper (xsample_openclip/demo/paper.py)")
+    paper.add_argument("--data-fraction", type=float, default=1.0,
+                       help="train on the first F of a seeded (--data-seed) shuffle of the training images: "
+                            "0.25, 0.5, 1.0 (nested); results go to logs-fF/, eval-SPLIT-fF/, summary-SPLIT-fF*")
+    paper.add_argument("--paper-losses", nargs="+", metavar="LOSS",
+                       help="only these runs (clip is always added, the baseline): clip simclr xclr xclr-class "
+                            "supcon xsample xsample-2v (default: all)")
+    paper.add_argument("--xclr-temperature", type=float, default=0.1,
+                       help="logit temperature T of simclr, xclr, xclr-class, supcon (default: the paper's 0.1)")
+    paper.add_argument("--tau-s-captions", default=None,
+                       help="--xsample-tau-s of xclr, xsample, xsample-2v (default: the package's, auto)")
+    paper.add_argument("--tau-s-class", type=float, default=0.1, help="--xsample-tau-s of xclr-class (default 0.1)")
+    paper.add_argument("--image-weight", type=float, default=1.0, help="--xsample-image-weight of xsample-2v")
+    paper.add_argument("--view-flags", type=shlex.split, default=[], metavar="'FLAGS'",
+                       help="extra flags of every two-view run, e.g. '--aug-cfg scale=(0.08,1.0)' "
+                            "(augmentation strength) or '--xsample-view-blur 0.5'")
     args = p.parse_args(argv)
+    if args.family == "paper":
+        wrong = [flag for flag, bad in (("--dataset shapes", args.dataset != "emoji"), ("--finetune", args.finetune),
+                                        ("--variant", bool(args.variants))) if bad]
+        if wrong:
+            p.error(f"--family paper runs a fixed set of losses on the emoji data (class captions from its "
+                    f"concepts): drop {', '.join(wrong)}; choose runs with --paper-losses")
+        if not 0.0 < args.data_fraction <= 1.0:
+            p.error(f"--data-fraction must be in (0, 1], got {args.data_fraction}")
+        from .paper import PAPER_LOSS_NAMES
+
+        unknown = sorted(set(args.paper_losses or ()) - set(PAPER_LOSS_NAMES))
+        if unknown:
+            p.error(f"--paper-losses: unknown {unknown}; choose from {' '.join(PAPER_LOSS_NAMES)}")
+    elif args.data_fraction != 1.0 or args.paper_losses:
+        p.error("--data-fraction and --paper-losses belong to --family paper")
     if args.data_variant not in DATASETS[args.dataset].variants:
         p.error(f"--data-variant for {args.dataset}: one of {DATASETS[args.dataset].variants}")
     return args
@@ -138,10 +172,15 @@ def main(argv=None):
     model_configs.register()
     out = Path(args.out).resolve()
     dataset = DATASETS[args.dataset]
-    model = args.model or FAMILIES[args.family][3]
+    model = args.model or FAMILIES["softmax" if args.family == "paper" else args.family][3]
     image_size = 32 if model.endswith("-32") else 64
     data = dataset.build(data_folder(out, dataset, args.data_variant, args.data_seed, image_size), args.data_seed,
                          image_size, args.data_variant)
+    if args.family == "paper":
+        from . import paper
+
+        return paper.run(args, data, out, TrainSettings(model=model, epochs=args.epochs, batch_size=args.batch_size,
+                                                        lr=args.lr, wd=DEFAULT_SETTINGS.wd, warmup=args.warmup))
     settings, checkpoints, losses, variants = _train(args, data, out)
     runs = {f"{loss}-s{seed}": str(checkpoints[f"{loss}-s{seed}"]) for loss in losses for seed in args.seeds}
     suffix = "-finetune" if args.finetune else ""  # fine-tuning shares the folder with its pretraining

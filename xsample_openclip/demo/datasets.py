@@ -17,12 +17,14 @@ from typing import Callable, Dict, List, Tuple
 
 @dataclass(frozen=True)
 class Headline:
-    """One number of the summary: ``dataset`` is a set name with ``{split}`` in it."""
+    """One number of the summary: ``dataset`` is a set name with ``{split}`` in it; ``task`` (e.g.
+    ``linear_probe``) where the metric alone does not tell the task (a BG-Gap)."""
 
     dataset: str
     metric: str
     label: str
     lower_is_better: bool = False
+    task: str = ""
 
     def at(self, split: str) -> str:
         return self.dataset.format(split=split)

@@ -47,21 +47,6 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
-class RunSpec:
-    """One training run: its loss flags and seed; optionally its own settings (a fine-tuning stage) and
-    the checkpoint it starts from (OpenCLIP's ``--pretrained PATH``)."""
-
-    name: str
-    loss_args: tuple
-    seed: int
-    settings: Optional[TrainSettings] = None
-    pretrained: Optional[str] = None
-
-    def settings_or(self, default: TrainSettings) -> TrainSettings:
-        return self.settings or default
-
-
-@dataclass
 class TrainData:
     """What ``--train-data`` needs: a CSV (deterministic order for a seed) and its size."""
 
@@ -70,8 +55,28 @@ class TrainData:
     csv_args: tuple = field(default=("--csv-img-key", "filepath", "--csv-caption-key", "title"))
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: its loss flags and seed; optionally its own settings (a fine-tuning stage),
+    the checkpoint it starts from (OpenCLIP's ``--pretrained PATH``) and its own training CSV (the same
+    images with other captions, e.g. class captions)."""
+
+    name: str
+    loss_args: tuple
+    seed: int
+    settings: Optional[TrainSettings] = None
+    pretrained: Optional[str] = None
+    data: Optional[TrainData] = None
+
+    def settings_or(self, default: TrainSettings) -> TrainSettings:
+        return self.settings or default
+
+    def data_or(self, default: TrainData) -> TrainData:
+        return self.data or default
+
+
 def command(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path) -> List[str]:
-    settings = spec.settings_or(settings)
+    settings, data = spec.settings_or(settings), spec.data_or(data)
     pretrained = ["--pretrained", spec.pretrained] if spec.pretrained else []
     return [
         sys.executable, *LAUNCHER,
@@ -86,6 +91,7 @@ def command(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path)
 
 def run_key(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path) -> str:
     """A hash of everything that determines the run's result (see ``fingerprint``)."""
+    data = spec.data_or(data)
     flags = command(spec, data, settings, Path(logs))[1:]  # the interpreter's path changes no result
     image_key = dict(zip(data.csv_args[::2], data.csv_args[1::2])).get("--csv-img-key", "filepath")
     blob = {
@@ -114,7 +120,7 @@ def train(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path, b
         return ckpt
     shutil.rmtree(logs / spec.name, ignore_errors=True)  # an unfinished or outdated run
     settings = spec.settings_or(settings)
-    steps_per_epoch = data.num_samples // settings.batch_size
+    steps_per_epoch = spec.data_or(data).num_samples // settings.batch_size
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     cmd = command(spec, data, settings, logs)
     tail: List[str] = []

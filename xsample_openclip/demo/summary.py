@@ -25,12 +25,18 @@ def split_run(run_name: str):
 
 
 def collect(results_csv) -> Dict[tuple, Dict[int, float]]:
-    """(loss, dataset, metric) -> {seed: value in %}."""
+    """(loss, dataset, metric, task) -> {seed: value in %}; also (loss, dataset, metric) for the zero-shot
+    tasks (a BG-Gap row is ``bg_gap`` for the zero-shot and the linear-probe task alike: only the task
+    tells them apart)."""
     values = defaultdict(dict)
     with open(results_csv) as f:
         for row in csv.DictReader(f):
             loss, seed = split_run(row["run"])
-            values[(loss, row["dataset"], row["metric"])][seed] = 100 * float(row["value"])
+            value = 100 * float(row["value"])
+            task = row.get("task") or ""  # results written before eval.compare recorded the task have none
+            values[(loss, row["dataset"], row["metric"], task)][seed] = value
+            if task != "linear_probe":
+                values[(loss, row["dataset"], row["metric"])][seed] = value
     return values
 
 
@@ -50,7 +56,8 @@ def summary_rows(values, losses: Sequence[str], headline, split: str, primary: S
     paired differences to the first loss."""
     rows = []
     for h in headline:
-        per_loss = {loss: values.get((loss, h.at(split), h.metric), {}) for loss in losses}
+        key = (h.at(split), h.metric) + ((h.task,) if h.task else ())
+        per_loss = {loss: values.get((loss, *key), {}) for loss in losses}
         rows.append({"label": h.label, "lower_is_better": h.lower_is_better, "values": per_loss})
     by_label = {r["label"]: r for r in rows}
     parts = [by_label[label] for label in primary if label in by_label]
