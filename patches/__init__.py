@@ -46,6 +46,7 @@ def _wrap_create_loss(stock):
             return stock(args)
         run.log_notes()
         run.loss = registry.load_plugin(args.loss).build(args)
+        registry.check_built_loss(run.loss, args.loss)
         return run.loss
 
     return create_loss

@@ -10,7 +10,8 @@ forwards again are the very tensor objects it forwarded first. No device tensor 
 no parameter or buffer is added: the checkpoint, ``evaluate()`` and zero-shot see the bare model.
 
 With a plugin loss (``--loss`` other than ``clip``) the loss is also wrapped in ``FiniteLossGuard``
-(finite.py), and ``PluginLoss.end_epoch`` is called when the epoch's steps are done.
+(finite.py), and ``PluginLoss.begin_epoch`` / ``end_epoch`` are called before the epoch's first step and
+when its steps are done.
 """
 import dataclasses
 import functools
@@ -136,6 +137,8 @@ def wrap_train_one_epoch(stock):
                 distributed=_distributed(args), grad_scaler=bound.arguments.get("scaler") is not None,
                 streak=run.loop_state.setdefault("non_finite_streak", Streak()))
             bound.arguments["loss"] = guard
+        if plugin_loss is not None:
+            plugin_loss.begin_epoch(epoch, args)
         result = stock(*bound.args, **bound.kwargs)
         if guard is not None:
             guard.check()  # before main can save this epoch's checkpoint

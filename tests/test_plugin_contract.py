@@ -45,6 +45,9 @@ THIRD_PARTY = textwrap.dedent('''
             loss = self.factor * self.clip(image_features, text_features, logit_scale)
             return {"scaled_clip_loss": loss} if output_dict else loss
 
+        def begin_epoch(self, epoch, args):
+            pass
+
         def end_epoch(self, epoch, args):
             logging.info(f"scaled-clip: epoch {epoch} saw {self.batches} batches of host token ids")
 
@@ -150,3 +153,27 @@ def test_duplicate_loss_names_are_refused(monkeypatch):
     finally:
         monkeypatch.undo()
         registry._entry_points.cache_clear()
+
+
+def test_a_loss_with_part_of_the_contract_is_refused():
+    """A loss with end_epoch but no begin_epoch would silently lose its hooks and token ids."""
+    from xsample_openclip import registry
+
+    class Partial:
+        needs_batch_tokens = True
+
+        def end_epoch(self, epoch, args):
+            pass
+
+        def single_process(self):
+            return self
+
+    class Whole(Partial):
+        def begin_epoch(self, epoch, args):
+            pass
+
+    with pytest.raises(registry.LossRegistryError, match="not begin_epoch"):
+        registry.check_built_loss(Partial(), "partial")
+    registry.check_built_loss(Whole(), "whole")
+    registry.check_built_loss(object(), "stock-like")  # a plain loss module: nothing to check
+    assert isinstance(Whole(), registry.PluginLoss) and not isinstance(Partial(), registry.PluginLoss)

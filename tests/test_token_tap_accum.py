@@ -50,6 +50,9 @@ class RecordingLoss(nn.Module):
         loss = logit_scale * (image_features * text_features).sum()
         return {"contrastive_loss": loss} if output_dict else loss
 
+    def begin_epoch(self, epoch, args):
+        pass
+
     def end_epoch(self, epoch, args):
         pass
 

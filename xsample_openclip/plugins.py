@@ -136,7 +136,8 @@ class XSampleLossPlugin(_ViewsPlugin):
         loss = XSampleLoss(embedder, tau_s=args.xsample_tau_s, clip_weight=args.xsample_clip_weight,
                            image_weight=args.xsample_image_weight, local_loss=args.local_loss,
                            gather_with_grad=args.gather_with_grad, rank=args.rank,
-                           world_size=args.world_size, use_horovod=args.horovod)
+                           world_size=args.world_size, use_horovod=args.horovod, topk=args.xsample_graph_topk,
+                           clip_weight_schedule=args.xsample_clip_weight_schedule)
         return loss, (f"tau_s={args.xsample_tau_s:.6g}, clip_weight={args.xsample_clip_weight}, "
                       f"image_weight={args.xsample_image_weight}, views={views_of(args)}")
 
@@ -164,7 +165,8 @@ class XSampleSigLipLossPlugin(_XSamplePlugin):
         from .losses.sigmoid import XSampleSigLipLoss
 
         loss = XSampleSigLipLoss(embedder, tau_s=args.xsample_tau_s, target=args.xsample_siglip_target,
-                                 rank=args.rank, world_size=args.world_size, dist_impl=args.loss_dist_impl)
+                                 rank=args.rank, world_size=args.world_size, dist_impl=args.loss_dist_impl,
+                                 topk=args.xsample_graph_topk)
         return loss, (f"tau_s={args.xsample_tau_s:.6g}, target={args.xsample_siglip_target}, "
                       f"dist_impl={args.loss_dist_impl or 'bidir'}")
 

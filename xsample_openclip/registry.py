@@ -23,6 +23,9 @@ typed Protocols, in the way pluggy writes hook specifications:
                                         under ``BATCH_TOKENS``: the loader's CPU tensor (never a device
                                         copy, so reading it never waits for the device), concatenated
                                         like every feature under ``--accum-freq``
+    begin_epoch(epoch, args)            called on every rank before an epoch's first step (per-epoch
+                                        settings, e.g. the X-Sample hard-target schedule; a resumed run
+                                        gets its own epoch's)
     end_epoch(epoch, args)              called on every rank when an epoch's steps are done (may use
                                         collectives; log on rank 0)
     single_process()                    an equivalent loss for one process, used for the training
@@ -94,9 +97,26 @@ class LossPlugin(Protocol):
 class PluginLoss(Protocol):
     needs_batch_tokens: bool
 
+    def begin_epoch(self, epoch: int, args: argparse.Namespace) -> None: ...
+
     def end_epoch(self, epoch: int, args: argparse.Namespace) -> None: ...
 
     def single_process(self) -> Any: ...
+
+
+PLUGIN_LOSS_MEMBERS = ("needs_batch_tokens", "begin_epoch", "end_epoch", "single_process")
+
+
+def check_built_loss(loss, name: str) -> None:
+    """Refuse a loss that implements part of ``PluginLoss``: the loop would treat it as a stock loss
+    (no token ids, no epoch hooks) without a word."""
+    present = [m for m in PLUGIN_LOSS_MEMBERS if hasattr(loss, m)]
+    if present and len(present) < len(PLUGIN_LOSS_MEMBERS):
+        missing = [m for m in PLUGIN_LOSS_MEMBERS if m not in present]
+        raise LossRegistryError(
+            f"the loss built by --loss {name} ({type(loss).__name__}) implements part of registry.PluginLoss "
+            f"({', '.join(present)}) but not {', '.join(missing)}: add them (begin_epoch/end_epoch may do "
+            "nothing), or none of them for a loss that needs nothing from the loop")
 
 
 @dataclass

@@ -59,9 +59,32 @@ def render(colour, shape, place, size, background, px=64, jitter: random.Random 
     return img
 
 
+#: Captions naming only the two attributes the unseen-pair test asks about (``--caption-style pair``).
+PAIR_TEMPLATES = (
+    "a {colour} {shape}",
+    "a drawing of a {colour} {shape}",
+    "a {shape} in {colour}",
+)
+#: Caption styles of the training data (``shapes_data.py --caption-style``): ``full`` names all five
+#: attributes (the default); ``pair`` only colour and shape; ``mixed`` draws, per image, a full caption or a
+#: pair caption with equal odds (short names and long descriptions in one data set).
+CAPTION_STYLES = ("full", "pair", "mixed")
+
+
 def caption(size, colour, shape, place, background, template: int = 0) -> str:
     return CAPTION_TEMPLATES[template].format(size=size, colour=colour, shape=shape, place=place,
                                               background=background)
+
+
+def styled_caption(style: str, attrs, template: int, short: bool) -> str:
+    """The caption of ``attrs`` (size, colour, shape, place, background) in ``style``: phrasing ``template``
+    (0-2); ``short`` (``mixed`` only) picks the pair caption."""
+    size, colour, shape, place, background = attrs
+    if style not in CAPTION_STYLES:
+        raise ValueError(f"caption style must be one of {CAPTION_STYLES}, got {style!r}")
+    if style == "pair" or (style == "mixed" and short):
+        return PAIR_TEMPLATES[template].format(colour=colour, shape=shape)
+    return caption(size, colour, shape, place, background, template)
 
 
 def all_combinations():

@@ -9,6 +9,11 @@ validation and test (``shapes.held_out_pairs``); for each split, one set of imag
 pairs is labelled three ways, as three clip_benchmark zero-shot sets: ``shapes_colour_<split>`` (8
 colours), ``shapes_shape_<split>`` (4 shapes) and ``shapes_pair_<split>`` (all 32 colour-shape pairs).
 Deterministic from the seed and cached like the emoji data (``build.py``).
+
+``--caption-style`` (``shapes.CAPTION_STYLES``) changes the training captions only, never the images:
+``full`` (the default, above), ``pair`` ("a red square": colour and shape only, three phrasings) or
+``mixed`` (per image, a full or a pair caption with equal odds, drawn from its own seeded generator so the
+images' generator is untouched). The default's cache key is the one it had before styles existed.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ class ShapesParams:
     eval_images: int = 360  # per split; every task labels the same images
     shard_size: int = 1000
     write_csv: bool = True
+    caption_style: str = "full"
 
 
 def _labels(colour, shape):
@@ -60,10 +66,11 @@ def _write_everything(build_dir: Path, params: ShapesParams) -> dict:
     unseen = set(val_pairs) | set(test_pairs)
     seen = [p for p in ((c, s) for c in shapes.COLOURS for s in shapes.SHAPES) if p not in unseen]
     rng = random.Random(f"{params.seed}:train")
+    style_rng = random.Random(f"{params.seed}:caption-style")  # never touches the images' generator
     rows = []
     for i, attrs in enumerate(shapes.sample_attributes(params.train_images, seen, rng)):
         size, colour, shape, place, background = attrs
-        text = shapes.caption(size, colour, shape, place, background, template=rng.randrange(3))
+        text = shapes.styled_caption(params.caption_style, attrs, rng.randrange(3), style_rng.random() < 0.5)
         rows.append((f"{i:06d}", _image(attrs, params, rng), text,
                      {"colour": colour, "shape": shape, "size": size, "place": place, "background": background}))
     shards = write_webdataset(build_dir / "train", [(k, j, c) for k, j, c, _ in rows], params.shard_size)
@@ -102,10 +109,21 @@ def _write_everything(build_dir: Path, params: ShapesParams) -> dict:
     }
 
 
+def cache_params(params: ShapesParams) -> dict:
+    """The params in the cache key: the default caption style is left out, so data built before styles
+    existed is still found."""
+    key = asdict(params)
+    if key["caption_style"] == "full":
+        del key["caption_style"]
+    return key
+
+
 def build_shapes_data(out_dir, seed: int = 0, image_size: int = 64, *, force: bool = False, **options) -> DemoData:
     """Build (or reuse) the shapes demo data in ``out_dir``."""
     params = ShapesParams(seed=seed, image_size=image_size, **options)
-    key = {"builder": "shapes", "builder_version": BUILDER_VERSION, "params": asdict(params)}
+    if params.caption_style not in shapes.CAPTION_STYLES:
+        raise ValueError(f"caption_style must be one of {shapes.CAPTION_STYLES}, got {params.caption_style!r}")
+    key = {"builder": "shapes", "builder_version": BUILDER_VERSION, "params": cache_params(params)}
     return build_cached(out_dir, key, lambda build_dir, root: _write_everything(build_dir, params),
                         lambda root, manifest: DemoData.from_manifest(root, manifest, ShapesParams), force)
 
@@ -116,9 +134,12 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--caption-style", choices=shapes.CAPTION_STYLES, default="full",
+                        help="training captions: full (all five attributes), pair (colour and shape only) or "
+                             "mixed (either, per image); the images are the same")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
-    data = build_shapes_data(args.out, args.seed, args.image_size, force=args.force)
+    data = build_shapes_data(args.out, args.seed, args.image_size, force=args.force, caption_style=args.caption_style)
     print(f"shapes data in {data.root}: {data.train_num_samples} training images; eval sets: "
           + ", ".join(data.eval_sets))
     return 0

@@ -2,6 +2,8 @@
 
     python -m xsample_openclip.demo.target_mass --data OUT/data/emoji-seed0-64px [--tau-s 0.2]
     python -m xsample_openclip.demo.target_mass --data OUT/data/shapes-seed0-64px --tau-s 0.033
+    python -m xsample_openclip.demo.target_mass --data OUT/data/shapes-seed0-64px --tau-s auto \
+        --graphs default centre centre+whiten top8 --captions title colour-shape      (docs/graph-study.md)
 
 X-Sample's soft targets pull together images whose captions are alike; what the image encoder is
 rewarded for encoding depends on what those images share. Over random training batches this measures
@@ -13,6 +15,14 @@ how each target row's mass splits by kind of partner (CLIP's targets put all of 
   images. Anchors: concept images on a habitat background.
 - shapes data (the attribute question): same colour and shape, same shape only, same colour only,
   neither. Anchors: every image.
+
+Graph variants (``--graphs``, as ``--xsample-graph-*`` builds them in training): ``default``, ``centre``
+(mean caption subtracted), ``centre+whiten``, ``topK`` (each row's K nearest captions), and combinations
+such as ``centre+top8``; the centring statistics come from all of the data's captions. Caption variants
+(``--captions``): ``title`` (the data's captions) or, for shapes, ``colour-shape`` ("a red square": a
+controlled variant naming only the two attributes that the unseen-pair test asks about). With
+``--tau-s auto`` each variant gets the tau_s that training's ``--xsample-tau-s auto`` would choose on that
+graph (self-mass ``--self-mass`` at ``--batch-size``, calibrated on all of the data's captions).
 """
 from __future__ import annotations
 
@@ -57,9 +67,51 @@ def data_kind(rows: List[dict]) -> str:
     return "shapes" if rows and "shape" in rows[0] else "emoji"
 
 
+CAPTION_VARIANTS = {"title": lambda row: row["title"], "colour-shape": lambda row: f"a {row['colour']} {row['shape']}"}
+
+
+def parse_graph(spec: str) -> dict:
+    """``default``, ``centre``, ``centre+whiten``, ``topK``, or ``+``-joined parts: the graph's settings."""
+    graph = {"centre": False, "whiten": False, "topk": None}
+    for part in spec.split("+"):
+        if part == "default":
+            continue
+        if part in ("centre", "whiten"):
+            graph[part] = True
+        elif part.startswith("top") and part[3:].isdigit():
+            graph["topk"] = int(part[3:])
+        else:
+            raise ValueError(f"unknown graph part {part!r} in {spec!r}: use default, centre, whiten, topK")
+    if graph["whiten"] and not graph["centre"]:
+        raise ValueError(f"{spec!r}: whiten needs centre (centre+whiten)")
+    return graph
+
+
+def graph_embeddings(embeddings, graph: dict):
+    """The embeddings the graph's cosine is taken of: centred (whitened) with statistics of all of them."""
+    from ..losses.graph import centre_captions, centring_statistics, unit_captions
+
+    if not graph["centre"]:
+        return unit_captions(embeddings)
+    mean, whitening = centring_statistics(embeddings, graph["whiten"])
+    return centre_captions(embeddings.double(), mean, whitening).float()
+
+
+def auto_tau(embeddings, graph: dict, self_mass: float, batch_size: int) -> float:
+    """tau_s as ``--xsample-tau-s auto`` chooses it on this graph (all captions as the sample)."""
+    from ..targets.calibrate import similarities_of, tau_for_self_mass, topk_similarities
+
+    similarities = similarities_of(embeddings)
+    if graph["topk"] is not None:
+        similarities = topk_similarities(similarities, graph["topk"], batch_size)
+    return tau_for_self_mass(similarities, self_mass, batch_size)
+
+
 def mass_shares(embeddings, rows, tau_s: float, batch_size: int, batches: int, seed: int = 0,
-                kind: Optional[Callable] = None, anchor: Optional[Callable] = None) -> Dict[str, float]:
-    """Mean over anchors of the target mass per kind of partner (``self`` included; shares sum to 1)."""
+                kind: Optional[Callable] = None, anchor: Optional[Callable] = None,
+                topk: Optional[int] = None) -> Dict[str, float]:
+    """Mean over anchors of the target mass per kind of partner (``self`` included; shares sum to 1).
+    ``topk``: each target row keeps its K nearest captions (``--xsample-graph-topk``)."""
     from ..losses.graph import softmax_targets
 
     kind, anchor = kind or emoji_kind, anchor or emoji_anchor
@@ -68,7 +120,7 @@ def mass_shares(embeddings, rows, tau_s: float, batch_size: int, batches: int, s
     anchors = partners = shared = 0
     for _ in range(batches):
         idx = torch.randperm(len(rows), generator=g)[:batch_size].tolist()
-        target = softmax_targets(embeddings[idx], embeddings[idx], tau_s)
+        target = softmax_targets(embeddings[idx], embeddings[idx], tau_s, topk=topk)
         for a, i in enumerate(idx):
             if not anchor(rows[i]):
                 continue
@@ -90,26 +142,47 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", required=True,
                    help="demo data folders of one kind (emoji: e.g. default and decorrelated; or shapes)")
-    p.add_argument("--tau-s", type=float, default=0.2)
+    p.add_argument("--tau-s", default="0.2", help="a number, or 'auto' (per graph: --self-mass at --batch-size)")
+    p.add_argument("--self-mass", type=float, default=0.7)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batches", type=int, default=50)
+    p.add_argument("--graphs", nargs="+", default=["default"],
+                   help="graph variants: default, centre, centre+whiten, topK, e.g. centre+top8")
+    p.add_argument("--captions", nargs="+", default=["title"], choices=sorted(CAPTION_VARIANTS),
+                   help="caption variants (colour-shape: shapes data only)")
     args = p.parse_args(argv)
+    try:
+        graphs = {spec: parse_graph(spec) for spec in args.graphs}
+        tau_given = None if args.tau_s == "auto" else float(args.tau_s)
+    except ValueError as err:
+        p.error(str(err))
     from ..targets.encoders import SentenceEncoder
 
     encoder = SentenceEncoder("minilm")
     results = {}
     for folder in args.data:
         rows = read_rows(folder)
-        kind, anchor = KINDS[data_kind(rows)]
-        embeddings = encoder.encode([r["title"] for r in rows])
-        results[folder] = mass_shares(embeddings, rows, args.tau_s, args.batch_size, args.batches,
-                                      kind=kind, anchor=anchor)
-    print(f"tau_s {args.tau_s}, batches of {args.batch_size} ({args.batches} random batches); "
-          "mean share of a target row by kind of partner\n")
+        data = data_kind(rows)
+        kind, anchor = KINDS[data]
+        for variant in args.captions:
+            if variant == "colour-shape" and data != "shapes":
+                p.error("--captions colour-shape needs shapes data")
+            embeddings = encoder.encode([CAPTION_VARIANTS[variant](r) for r in rows]).float()
+            for spec, graph in graphs.items():
+                e = graph_embeddings(embeddings, graph)
+                tau = tau_given if tau_given is not None else auto_tau(e, graph, args.self_mass, args.batch_size)
+                shares = mass_shares(e, rows, tau, args.batch_size, args.batches, kind=kind, anchor=anchor,
+                                     topk=graph["topk"])
+                results[(Path(folder).name, variant, spec, tau)] = shares
+    print(f"tau_s {args.tau_s}" + (f" (self-mass {args.self_mass})" if tau_given is None else "")
+          + f", batches of {args.batch_size} ({args.batches} random batches); mean share of a target row by "
+          "kind of partner\n")
     kinds = sorted({k for shares in results.values() for k in shares}, key=lambda k: (k != "self", k))
-    print("| " + " | ".join(["data"] + kinds) + " |\n|---|" + "---:|" * len(kinds))
-    for folder, shares in results.items():
-        print(f"| {Path(folder).name} | " + " | ".join(f"{shares.get(k, float('nan')):.3f}" for k in kinds) + " |")
+    print("| " + " | ".join(["data", "captions", "graph", "tau_s"] + kinds) + " |\n|---|---|---|---:|"
+          + "---:|" * len(kinds))
+    for (name, variant, spec, tau), shares in results.items():
+        print(f"| {name} | {variant} | {spec} | {tau:.4g} | "
+              + " | ".join(f"{shares.get(k, float('nan')):.3f}" for k in kinds) + " |")
     return 0
 
 

@@ -27,6 +27,7 @@ class CaptionTargetLoss(nn.Module):
         self.tau_s = tau_s
         self.rank = rank
         self.world_size = world_size
+        self.topk = None  # --xsample-graph-topk, set by the losses that apply it
 
     def caption_embeddings_for(self, batch_tokens: Optional[torch.Tensor], device: torch.device) -> torch.Tensor:
         if batch_tokens is None:
@@ -39,6 +40,9 @@ class CaptionTargetLoss(nn.Module):
         return to_device(self.caption_embedder(batch_tokens), device)
 
     # --- registry.PluginLoss -------------------------------------------------------------------------
+    def begin_epoch(self, epoch: int, args) -> None:
+        """Nothing to set per epoch by default (``XSampleLoss`` sets its hard-target weight)."""
+
     def end_epoch(self, epoch: int, args) -> None:
         """Log (rank 0) this epoch's odd-caption counts, summed over ranks, and start counting afresh."""
         from ..targets.stats import CaptionStats, describe_caption_stats

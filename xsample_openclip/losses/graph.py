@@ -13,7 +13,19 @@ graph is fixed side data. S is accurate to ~1e-6 on every device (on CUDA from s
 (``IDENTICAL``), so at any tau_s t_ii = 1, identical captions are full positives (kernel) or share their
 row's mass evenly (softmax), and as tau_s -> 0 with distinct captions both targets become the identity:
 CLIP's and SigLIP's own targets.
+
+Graph options (``--xsample-graph-*``, docs/graph-study.md):
+- centring (``centre_captions``): E <- unit((E - mu) W) before the cosine, mu the mean caption embedding
+  of the run's calibration sample and W an optional ZCA whitening from the same sample
+  (``centring_statistics``): what all captions share (a template) stops counting as similarity. A row
+  stays a unit row, so S_ii = 1 and identical captions stay identical (``IDENTICAL`` holds as before).
+- top-k (``topk``): row i keeps the K columns of largest S_ij, its own column included (S_ii = 1 is the
+  largest), plus every column tied with the K-th value (so identical captions are never split by column
+  order and the result is the same on every rank); every other column gets target 0. Columns are the
+  global batch, so the rule is row-local. K >= the number of columns changes nothing.
 """
+from typing import Optional
+
 import torch
 
 from .blockwise import autocast_off, blocks
@@ -86,15 +98,19 @@ def softmax_targets(
     row_offset: int = 0,
     clip_weight: float = 0.0,
     mask_self: bool = False,
+    topk: Optional[int] = None,
 ) -> torch.Tensor:
     """Row-softmax of caption similarities: rows are this rank's anchors, columns the global batch.
 
     Row r's own sample is column ``row_offset + r``. ``clip_weight`` mixes in the identity (CLIP's
-    hard target); ``mask_self`` drops the self-pairs (the image-image term). Built in place: the
+    hard target); ``mask_self`` drops the self-pairs (the image-image term); ``topk`` keeps each row's
+    K nearest columns (module docstring; chosen before the self-pair is dropped). Built in place: the
     similarity matrix becomes the target, with only row-block temporaries.
     """
     with torch.no_grad(), autocast_off(row_embeddings.device):
         target = caption_similarities(row_embeddings, all_embeddings)
+        if topk is not None:
+            mask_outside_topk(target, topk_thresholds(target, topk), float("-inf"))
         target.div_(tau_s)
         if mask_self or clip_weight:
             rows = torch.arange(target.shape[0], device=target.device)
@@ -115,13 +131,114 @@ def unit_captions(embeddings: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(embeddings.detach().to(dtype), dim=-1)
 
 
-def kernel_targets(row_embeddings: torch.Tensor, column_embeddings: torch.Tensor, tau_s: float) -> torch.Tensor:
+def kernel_targets(row_embeddings: torch.Tensor, column_embeddings: torch.Tensor, tau_s: float,
+                   thresholds: Optional[torch.Tensor] = None) -> torch.Tensor:
     """t_ij = exp((S_ij - 1) / tau_s) for unit rows: 1 for a caption and itself (or an identical one,
     ``IDENTICAL``: S = 1 exactly, so t = exp(0) = 1 exactly), decaying with dissimilarity.
 
     Each pair's target depends on its two captions only, never on the rest of the batch, so the
-    blocks of a distributed sigmoid loss can be built independently.
+    blocks of a distributed sigmoid loss can be built independently. ``thresholds`` (``topk_thresholds``
+    of each row over the global columns): pairs below their row's threshold get target 0 (top-k).
     """
     with torch.no_grad(), autocast_off(row_embeddings.device):
         similarity = caption_similarities(row_embeddings, column_embeddings)
-        return similarity.sub_(1.0).div_(tau_s).exp_()
+        outside = None if thresholds is None else similarity < thresholds.to(similarity.dtype)
+        target = similarity.sub_(1.0).div_(tau_s).exp_()
+        return target if outside is None else target.masked_fill_(outside, 0.0)
+
+
+# --- top-k ------------------------------------------------------------------------------------------------
+#: The smallest K: K = 1 would leave a row only itself (CLIP's hard target, or no column at all once the
+#: image-image term drops the self-pair); that target is --xsample-clip-weight 1.
+MIN_TOPK = 2
+
+
+def check_topk(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < MIN_TOPK:
+        raise ValueError(f"top-k must be an integer >= {MIN_TOPK}, got {k!r}")
+
+
+def topk_thresholds(similarity: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's K-th largest similarity ``[rows, 1]`` (-inf when K >= the columns: nothing is cut)."""
+    check_topk(k)
+    if k >= similarity.shape[1]:
+        return torch.full((similarity.shape[0], 1), float("-inf"), dtype=similarity.dtype,
+                          device=similarity.device)
+    return similarity.topk(k, dim=1).values[:, -1:].clone()
+
+
+def mask_outside_topk(similarity: torch.Tensor, thresholds: torch.Tensor, fill: float) -> torch.Tensor:
+    """In place: ``fill`` wherever a row's similarity is below its threshold (ties with the K-th are kept)."""
+    return similarity.masked_fill_(similarity < thresholds.to(similarity.dtype), fill)
+
+
+# --- centring (and whitening) ------------------------------------------------------------------------------
+#: ZCA whitening divides by sqrt(lambda + WHITEN_RIDGE * mean(lambda)): a sample of m captions has at most
+#: m - 1 directions of variance (a few hundred distinct captions, fewer than MiniLM's 384 dimensions), and
+#: without a ridge the empty directions (noise) of a caption outside the sample would dominate its cosine.
+WHITEN_RIDGE = 0.1
+
+
+def centring_statistics(embeddings: torch.Tensor, whiten: bool = False):
+    """(mean ``[D]``, whitening ``[D, D]`` or None) of a sample of caption embeddings (unit rows), in
+    float64: the mean caption, and the ZCA matrix V diag(1 / sqrt(lambda + ridge)) V^T of the centred
+    sample's covariance (``WHITEN_RIDGE``)."""
+    e = unit_captions(embeddings).double()
+    if e.shape[0] < 2:
+        raise ValueError(f"centring needs at least 2 captions, got {e.shape[0]}")
+    mean = e.mean(dim=0)
+    if not whiten:
+        return mean, None
+    x = e - mean
+    cov = x.T @ x / e.shape[0]
+    eigenvalues, vectors = torch.linalg.eigh(cov)
+    eigenvalues = eigenvalues.clamp_min(0.0)
+    ridge = WHITEN_RIDGE * float(eigenvalues.mean())
+    if not float(eigenvalues.sum()) > 1e-12:  # trace of unit rows' covariance: 1 - |mean|^2, 0 for one caption
+        raise ValueError("whitening needs captions that differ: the sample's covariance is 0")
+    return mean, (vectors * (1.0 / torch.sqrt(eigenvalues + ridge))) @ vectors.T
+
+
+def centre_captions(embeddings: torch.Tensor, mean: torch.Tensor, whitening: Optional[torch.Tensor] = None,
+                    ) -> torch.Tensor:
+    """unit((E - mean) W) in float32 (float64 stays float64), without gradient. A caption equal to the
+    mean has no direction left and is refused (it would be a zero row)."""
+    with torch.no_grad():
+        e = unit_captions(embeddings)
+        x = e - mean.to(e.device, e.dtype)
+        if whitening is not None:
+            x = x @ whitening.to(e.device, e.dtype)
+        norms = x.norm(dim=-1)
+        if bool((norms <= 1e-6).any()):  # only reached by a caption equal to the mean caption
+            raise ValueError("a caption embedding equals the mean caption of the centring statistics: it has "
+                             "no direction left after centring")
+        return x / norms[:, None]
+
+
+def statistics_digest(mean: torch.Tensor, whitening: Optional[torch.Tensor]) -> str:
+    """A short hash of the statistics (float64 bytes), recorded in params.txt and checked on resume."""
+    import hashlib
+
+    h = hashlib.sha256(mean.double().cpu().numpy().tobytes())
+    if whitening is not None:
+        h.update(whitening.double().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- the hard-target schedule --------------------------------------------------------------------------------
+CLIP_WEIGHT_SCHEDULES = ("constant", "linear-down", "linear-up")
+
+
+def clip_weight_at(schedule: str, weight: float, epoch: int, epochs: int) -> float:
+    """The hard-target weight of epoch ``epoch`` (0-based) of ``epochs``: ``constant`` w; ``linear-down``
+    w (1 - p) (hard early, soft late); ``linear-up`` w p; with p = epoch / (epochs - 1), from 0 at the
+    first epoch to 1 at the last (epochs >= 2)."""
+    if schedule not in CLIP_WEIGHT_SCHEDULES:
+        raise ValueError(f"clip-weight schedule must be one of {CLIP_WEIGHT_SCHEDULES}, got {schedule!r}")
+    if schedule == "constant":
+        return weight
+    if epochs < 2 or not 0 <= epoch < epochs:
+        raise ValueError(f"a {schedule} clip-weight schedule needs epochs >= 2 and 0 <= epoch < epochs, got "
+                         f"epoch {epoch} of {epochs}")
+    progress = epoch / (epochs - 1)
+    return weight * (1.0 - progress if schedule == "linear-down" else progress)

@@ -31,7 +31,7 @@ from open_clip.loss import (neighbour_exchange, neighbour_exchange_bidir, neighb
 
 from .blockwise import accumulate_mm, as_scalar, autocast_off, blocks, matmul_dtype, scaled
 from .common import CaptionTargetLoss
-from .graph import kernel_targets, unit_captions
+from .graph import caption_similarities, check_topk, kernel_targets, topk_thresholds, unit_captions
 
 TARGETS = ("kernel", "softmax")
 
@@ -111,8 +111,11 @@ class XSampleSigLipLoss(CaptionTargetLoss):
     """``SigLipLoss`` with soft caption-similarity targets (see the module docstring)."""
 
     def __init__(self, caption_embedder=None, tau_s: float = 0.2, target: str = "kernel", rank: int = 0,
-                 world_size: int = 1, dist_impl: Optional[str] = None):
+                 world_size: int = 1, dist_impl: Optional[str] = None, topk: Optional[int] = None):
         super().__init__(caption_embedder, tau_s, rank, world_size)
+        if topk is not None:
+            check_topk(topk)
+            self.topk = topk
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.target = target
@@ -122,8 +125,10 @@ class XSampleSigLipLoss(CaptionTargetLoss):
 
     # --- targets ---------------------------------------------------------------------------------------
     def _row_normaliser(self, captions):
-        """For softmax targets: per local row, 1 / sum_j exp((S_ij - 1) / tau_s) over the global batch."""
-        if self.target != "softmax":
+        """What a row's targets need from the whole global batch, per local row: ``(normaliser,
+        thresholds)``. Softmax targets: 1 / sum_j of the (top-k) kernel; top-k: the K-th largest caption
+        similarity (``graph.topk_thresholds``). (None, None) when neither is asked for."""
+        if self.target != "softmax" and self.topk is None:
             return None
         if self.world_size > 1:
             gathered = [torch.empty_like(captions) for _ in range(self.world_size)]
@@ -132,10 +137,15 @@ class XSampleSigLipLoss(CaptionTargetLoss):
         else:
             columns = captions
         with torch.no_grad():
-            return 1.0 / kernel_targets(captions, columns, self.tau_s).sum(dim=1, keepdim=True)
+            thresholds = None if self.topk is None else topk_thresholds(
+                caption_similarities(captions, columns), self.topk)
+            normaliser = None if self.target != "softmax" else 1.0 / kernel_targets(
+                captions, columns, self.tau_s, thresholds).sum(dim=1, keepdim=True)
+        return normaliser, thresholds
 
-    def _block_target(self, row_captions, column_captions, normaliser):
-        target = kernel_targets(row_captions, column_captions, self.tau_s)
+    def _block_target(self, row_captions, column_captions, row_info):
+        normaliser, thresholds = row_info or (None, None)
+        target = kernel_targets(row_captions, column_captions, self.tau_s, thresholds)
         return target if normaliser is None else target.mul_(normaliser)
 
     def _loss(self, image_features, text_features, logit_scale, logit_bias, row_captions, column_captions,

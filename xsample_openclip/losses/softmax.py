@@ -5,7 +5,9 @@ features T, logit scale s and frozen caption embeddings E (unit rows):
 
     S = E E^T                                   caption cosine similarities
     P = row_softmax(S / tau_s)                  soft target graph (fp32, no gradient)
-    P <- (1 - w_clip) P + w_clip Id             optional mix with CLIP's hard target
+    P <- (1 - w_clip) P + w_clip Id             optional mix with CLIP's hard target (w_clip per epoch:
+                                                --xsample-clip-weight-schedule, ``begin_epoch``)
+    (--xsample-graph-topk K: each row of P keeps its K nearest captions, ``graph.py``)
     L_i2t = mean_i CE(P_i, softmax_j(s I_i . T_j))
     L_t2i = mean_i CE(P_i, softmax_j(s T_i . I_j))    the same rows: S is symmetric, P^T is not a target
     L     = (L_i2t + L_t2i) / 2
@@ -23,6 +25,7 @@ same rank order, so each rank's rows see the global columns. The contrastive ter
 (``fused_softmax``): a soft target costs what a hard label costs; building P (an n x N x 384 matmul
 and a softmax) is the only extra work.
 """
+import logging
 from typing import Optional
 
 import torch
@@ -30,7 +33,7 @@ from open_clip.loss import gather_features
 
 from .common import CaptionTargetLoss
 from .fused_softmax import masked_soft_cross_entropy, soft_clip_loss, soft_row_cross_entropy
-from .graph import softmax_targets, unit_captions
+from .graph import CLIP_WEIGHT_SCHEDULES, check_topk, clip_weight_at, softmax_targets, unit_captions
 from .xclr import view_rows, views_per_caption, xclr_loss
 
 
@@ -53,10 +56,19 @@ class XSampleLoss(CaptionTargetLoss):
         rank: int = 0,
         world_size: int = 1,
         use_horovod: bool = False,
+        topk: Optional[int] = None,
+        clip_weight_schedule: str = "constant",
     ):
         super().__init__(caption_embedder, tau_s, rank, world_size)
         if not 0.0 <= clip_weight <= 1.0:
             raise ValueError(f"clip_weight must be in [0, 1], got {clip_weight}")
+        if topk is not None:
+            check_topk(topk)
+            self.topk = topk
+        if clip_weight_schedule not in CLIP_WEIGHT_SCHEDULES:
+            raise ValueError(f"clip_weight_schedule must be one of {CLIP_WEIGHT_SCHEDULES}, got {clip_weight_schedule!r}")
+        self.clip_weight_schedule = clip_weight_schedule
+        self.base_clip_weight = clip_weight
         if image_weight < 0:
             raise ValueError(f"image_weight must be >= 0, got {image_weight}")
         self.clip_weight = clip_weight
@@ -111,7 +123,8 @@ class XSampleLoss(CaptionTargetLoss):
             row_image, row_text, row_captions = all_image, all_text, all_captions
             row_offset = 0
 
-        target = softmax_targets(row_captions, all_captions, self.tau_s, row_offset, self.clip_weight)
+        target = softmax_targets(row_captions, all_captions, self.tau_s, row_offset, self.clip_weight,
+                                 topk=self.topk)
         contrastive = sum(  # the fused kernels consume the target: the last view gets the original
             self._image_text(view_rows(row_image, v) if views > 1 else row_image,
                              view_rows(all_image, v) if views > 1 else all_image, row_text, all_text,
@@ -124,7 +137,8 @@ class XSampleLoss(CaptionTargetLoss):
             losses["xsample_image_loss"] = self.image_weight * xclr_loss(
                 row_image, all_image, row_captions, all_captions, self.tau_s, logit_scale, row_offset)
         elif self.image_weight and all_image.shape[0] > 1:
-            image_target = softmax_targets(row_captions, all_captions, self.tau_s, row_offset, mask_self=True)
+            image_target = softmax_targets(row_captions, all_captions, self.tau_s, row_offset, mask_self=True,
+                                           topk=self.topk)
             image_logits = logit_scale * row_image @ all_image.T
             rows = torch.arange(image_logits.shape[0], device=image_logits.device)
             self_mask = torch.zeros_like(image_logits, dtype=torch.bool)
@@ -136,6 +150,15 @@ class XSampleLoss(CaptionTargetLoss):
         if output_dict:
             return losses
         return sum(losses.values())
+
+    def begin_epoch(self, epoch: int, args) -> None:
+        """Set this epoch's hard-target weight (--xsample-clip-weight-schedule; the loop calls this before
+        each epoch's steps, so a resumed run gets its epoch's weight)."""
+        schedule = self.clip_weight_schedule
+        self.clip_weight = clip_weight_at(schedule, self.base_clip_weight, epoch, args.epochs)
+        if schedule != "constant" and self.rank == 0:
+            logging.info(f"X-Sample clip weight for epoch {epoch}: {self.clip_weight:.4g} ({schedule} from "
+                         f"{self.base_clip_weight} over {args.epochs} epochs)")
 
     @staticmethod
     def _image_text(row_image, all_image, row_text, all_text, logit_scale, target, distributed_local):

@@ -44,7 +44,8 @@ def target_stats(similarities: torch.Tensor, tau_s: float, batch_size: int) -> D
     z = 1.0 + mass
     s = similarities.double()
     log_w = (s - s.diagonal()[:, None]) / tau_s
-    weighted_log = (w * log_w).sum(1) * others     # sum_j w_ij log w_ij (self term: 1 * log 1 = 0)
+    # sum_j w_ij log w_ij (self term: 1 * log 1 = 0; a pair cut by top-k: w = 0, its term 0)
+    weighted_log = torch.where(w > 0, w * log_w, torch.zeros_like(w)).sum(1) * others
     entropy = torch.log(z) - weighted_log / z
     return {"self_mass": float((1.0 / z).mean()), "entropy": float(entropy.mean()),
             "uniform_entropy": math.log(batch_size)}
@@ -95,6 +96,25 @@ def tau_for_self_mass(similarities: torch.Tensor, self_mass: float, batch_size: 
                 f_lo /= 2
             side = -1
     return math.exp(mid)
+
+
+def topk_similarities(similarities: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
+    """The sample's similarities with the pairs a top-k graph (``--xsample-graph-topk``) would cut set to
+    -inf, for ``target_stats`` / ``tau_for_self_mass`` at ``batch_size``. In a batch of N a row keeps
+    itself and its K - 1 nearest of N - 1 others: the same share of the sample's m - 1 others, the
+    k' = round((K - 1)(m - 1) / (N - 1)) nearest (at least 1; ties with the k'-th kept), is kept here,
+    so the estimate's rescaling to N - 1 others (``target_stats``) holds. Exact when m = N."""
+    from ..losses.graph import check_topk, topk_thresholds
+
+    check_topk(k)
+    m = similarities.shape[0]
+    if k >= batch_size:
+        return similarities
+    kept = max(1, round((k - 1) * (m - 1) / (batch_size - 1)))
+    s = similarities.double()
+    ranked = s.clone()
+    ranked.fill_diagonal_(math.inf)   # the row's own caption always counts as one of its K
+    return s.masked_fill(ranked < topk_thresholds(ranked, kept + 1), -math.inf)
 
 
 def similarities_of(embeddings: torch.Tensor) -> torch.Tensor:

@@ -38,10 +38,13 @@ def tau_s_value(text: str):
 class CaptionTargetFlags:
     title = "X-Sample caption targets (--loss xsample, --loss xsample-siglip and --loss xclr)"
     #: Settings that change the targets: a resumed run must keep them.
-    kept = ("xsample_tau_s", "xsample_self_mass", "xsample_encoder", "xsample_embeddings")
+    kept = ("xsample_tau_s", "xsample_self_mass", "xsample_encoder", "xsample_embeddings",
+            "xsample_graph_centre", "xsample_graph_whiten", "xsample_graph_topk", "xsample_clip_weight_schedule")
     #: tau_s auto at self-mass 0.7: chosen on the validation splits of both demo data sets (docs/validation.md)
     defaults = {"xsample_tau_s": AUTO, "xsample_self_mass": 0.7, "xsample_encoder": None,
-                "xsample_embeddings": None, "xsample_cache_size": 100_000, "xsample_check_captions": 10_000}
+                "xsample_embeddings": None, "xsample_cache_size": 100_000, "xsample_check_captions": 10_000,
+                "xsample_graph_centre": False, "xsample_graph_whiten": False, "xsample_graph_topk": None,
+                "xsample_clip_weight_schedule": "constant"}
 
     def add_to(self, parser):
         d = self.defaults
@@ -80,6 +83,33 @@ class CaptionTargetFlags:
                  "from the local sources of --train-data, spread over them; remote sources are not read. "
                  f"0 skips the check; at most {MAX_CHECK_CAPTIONS:,}. A full pass over the data is the "
                  "separate command `python -m xsample_openclip.precompute --check`.")
+        self._add_graph_flags(group)
+
+    def _add_graph_flags(self, group):
+        from ..losses.graph import CLIP_WEIGHT_SCHEDULES, WHITEN_RIDGE
+
+        d = self.defaults
+        group.add_argument(
+            "--xsample-graph-centre", action="store_true", default=d["xsample_graph_centre"],
+            help="Centre the caption graph: subtract the mean caption embedding of the calibration sample "
+                 f"({CALIBRATION_CAPTIONS} of the run's captions, seeded by --seed) before the cosine, so what "
+                 "all captions share (a template) stops counting as similarity. The statistics are recorded "
+                 "(params.txt: a digest; the run's log folder: xsample_graph_statistics.pt) and a resume "
+                 "reuses them (docs/graph-study.md).")
+        group.add_argument(
+            "--xsample-graph-whiten", action="store_true", default=d["xsample_graph_whiten"],
+            help="With --xsample-graph-centre: also whiten (ZCA, from the same sample, ridge "
+                 f"{WHITEN_RIDGE} x the mean eigenvalue).")
+        group.add_argument(
+            "--xsample-graph-topk", type=int, default=d["xsample_graph_topk"], metavar="K",
+            help="Keep each target row's K nearest captions of the global batch (its own included, ties with "
+                 "the K-th kept); the others get target 0, so a template's long tail cannot take the row. "
+                 "--loss xsample and xsample-siglip. Absent: every caption.")
+        group.add_argument(
+            "--xsample-clip-weight-schedule", choices=CLIP_WEIGHT_SCHEDULES, default=d["xsample_clip_weight_schedule"],
+            help="--loss xsample: how --xsample-clip-weight w moves over the epochs: 'constant' w; "
+                 "'linear-down' from w at the first epoch to 0 at the last (hard early, soft late); "
+                 "'linear-up' from 0 to w. Needs --epochs >= 2 and w > 0.")
 
     # --- parse time: flags only -----------------------------------------------------------------
     def validate(self, args) -> List[str]:
@@ -101,9 +131,44 @@ class CaptionTargetFlags:
             problems.append(
                 f"--xsample-check-captions {args.xsample_check_captions} exceeds {MAX_CHECK_CAPTIONS:,}; "
                 "for a full check run `python -m xsample_openclip.precompute ... --check` before training")
+        problems += self._graph_problems(args)
         if args.dataset_type == "synthetic":
             problems.append("--dataset-type synthetic gives every sample the same caption, so X-Sample "
                             "targets are uniform and nothing is learned; use real captions")
+        return problems
+
+    @staticmethod
+    def _graph_problems(args) -> List[str]:
+        from ..losses.graph import MIN_TOPK
+
+        problems = []
+        loss = getattr(args, "loss", None)
+        if args.xsample_graph_whiten and not args.xsample_graph_centre:
+            problems.append("--xsample-graph-whiten whitens the centred graph: add --xsample-graph-centre")
+        k = args.xsample_graph_topk
+        if k is not None:
+            if k < MIN_TOPK:
+                problems.append(f"--xsample-graph-topk must be >= {MIN_TOPK}, got {k} (K = 1 keeps only the "
+                                "sample itself: that is --xsample-clip-weight 1)")
+            if loss == "xclr":
+                problems.append("--xsample-graph-topk is not applied by --loss xclr (its targets span two views "
+                                "per caption); drop it, or use --loss xsample")
+            elif loss == "xsample" and getattr(args, "xsample_image_weight", 0.0) and \
+                    getattr(args, "xsample_views", 1) == 2:
+                problems.append("--xsample-graph-topk with --xsample-views 2 --xsample-image-weight: the "
+                                "two-view image-image term is X-CLR's, which does not apply top-k; drop one")
+        schedule = args.xsample_clip_weight_schedule
+        if schedule != "constant":
+            weight = getattr(args, "xsample_clip_weight", None)
+            if loss != "xsample":
+                problems.append(f"--xsample-clip-weight-schedule {schedule} schedules --xsample-clip-weight, "
+                                f"which only --loss xsample has (not --loss {loss}); drop it")
+            elif not weight:
+                problems.append(f"--xsample-clip-weight-schedule {schedule} moves --xsample-clip-weight, which "
+                                "is 0: give the weight it starts or ends at, e.g. --xsample-clip-weight 0.4")
+            if getattr(args, "epochs", 2) < 2:
+                problems.append(f"--xsample-clip-weight-schedule {schedule} changes the weight once per epoch "
+                                f"and needs --epochs >= 2, got {args.epochs}")
         return problems
 
     # --- start-up: files, data, calibration (rank 0) -------------------------------------------------
@@ -121,8 +186,13 @@ class CaptionTargetFlags:
                 result.problems.append(str(err))
         if result.problems:
             return result
+        sample = _SampleCache()
+        if args.xsample_graph_centre:
+            result.extend(self._graph_statistics(args, tokenizer, resumed, sample))
+            if result.problems:
+                return result
         if args.xsample_tau_s == AUTO:
-            result.extend(self._calibrate(args, tokenizer, resumed, views))
+            result.extend(self._calibrate(args, tokenizer, resumed, views, sample, result.updates.get(GRAPH_RECORD)))
         else:
             result.updates[CALIBRATION_RECORD] = GIVEN
         return result
@@ -174,7 +244,30 @@ class CaptionTargetFlags:
             result.notes.append(f"--xsample-embeddings {path} has all {read}")
         return result
 
-    def _calibrate(self, args, tokenizer, resumed, views=1) -> StartupResult:
+    def _graph_statistics(self, args, tokenizer, resumed, sample) -> StartupResult:
+        """--xsample-graph-centre: the resumed run's statistics, or new ones from the calibration sample."""
+        from .graph_options import GraphStatistics, refusal, resumed_statistics
+
+        result = StartupResult()
+        kept, why = resumed_statistics(args, resumed)
+        if kept is not None:
+            result.updates[GRAPH_RECORD] = kept
+            result.notes.append(f"X-Sample graph statistics kept from the run being resumed: {kept}")
+            return result
+        if why and not getattr(args, "resume_allow_loss_changes", False):
+            result.problems.append(refusal(args, why))
+            return result
+        drawn = sample.get(self, args, tokenizer)
+        if drawn.problem:
+            result.problems.append(drawn.problem.replace("--xsample-tau-s auto", "--xsample-graph-centre"))
+            return result
+        stats = GraphStatistics.from_sample(drawn.embeddings, args.xsample_graph_whiten, drawn.sample.describe())
+        result.updates[GRAPH_RECORD] = stats
+        result.notes.append(("X-Sample graph statistics COMPUTED ANEW on resume (" + ALLOW_CHANGES_FLAG + f"): {why}; "
+                             if why else "X-Sample graph statistics: ") + str(stats))
+        return result
+
+    def _calibrate(self, args, tokenizer, resumed, views=1, sample=None, statistics=None) -> StartupResult:
         result = StartupResult()
         global_batch = args.batch_size * max(1, args.world_size) * max(1, args.accum_freq)
         # two views: a row's other view weighs exp(1/tau_s), every other sample twice -> 2N - 1 columns
@@ -188,40 +281,30 @@ class CaptionTargetFlags:
             result.notes.append(f"X-Sample tau_s: {decision.keep!r}, kept from the run being resumed "
                                 f"({decision.record})")
             return result
-        return result.extend(self._calibrate_now(args, tokenizer, global_batch, decision.recalibrating))
+        return result.extend(self._calibrate_now(args, tokenizer, global_batch, decision.recalibrating, sample,
+                                                 statistics))
 
-    def _calibrate_now(self, args, tokenizer, global_batch, recalibrating=None) -> StartupResult:
-        from .calibrate import similarities_of, target_stats, tau_for_self_mass
-        from .sampling import sample_uniform
+    def _calibrate_now(self, args, tokenizer, global_batch, recalibrating=None, sample_cache=None,
+                       statistics=None) -> StartupResult:
+        """tau_s for the asked self-mass on the graph the run uses: centred with ``statistics``, cut to
+        --xsample-graph-topk."""
+        from .calibrate import target_stats, tau_for_self_mass
 
         result = StartupResult()
-        try:
-            sample = sample_uniform(args.train_data, CALIBRATION_CAPTIONS, args.seed, args.dataset_type,
-                                    args.csv_caption_key, args.csv_separator)
-        except ValueError as err:
-            result.problems.append(f"--xsample-tau-s auto could not read the training captions of "
-                                   f"--train-data {args.train_data}: {err}")
+        drawn = (sample_cache or _SampleCache()).get(self, args, tokenizer)
+        if drawn.problem:
+            result.problems.append(drawn.problem)
             return result
-        captions = sample.captions
-        if len(captions) < 2:
-            result.problems.append(
-                "--xsample-tau-s auto needs training captions to calibrate on, but fewer than 2 could be read "
-                f"locally from --train-data {args.train_data}; pass a number, e.g. --xsample-tau-s 0.1")
-            return result
-        if tokenizer is None:
-            result.problems.append(f"--xsample-tau-s auto: no tokenizer for --model {args.model}")
-            return result
-        from .table import MissingCaptionsError
-
-        embedder, _ = self.build_embedder(args, tokenizer=tokenizer)
-        try:
-            embeddings = embedder(tokenizer(captions))
-        except MissingCaptionsError as err:
-            result.problems.append(f"--xsample-tau-s auto could not embed the sampled training captions: {err}")
-            return result
-        similarities = similarities_of(embeddings.cpu())
+        sample = drawn.sample
+        similarities = calibration_similarities(drawn.embeddings, statistics, args.xsample_graph_topk, global_batch)
         tau = tau_for_self_mass(similarities, args.xsample_self_mass, global_batch)
         stats = target_stats(similarities, tau, global_batch)
+        if args.xsample_graph_topk is not None and abs(stats["self_mass"] - args.xsample_self_mass) > 0.01:
+            result.problems.append(
+                f"--xsample-tau-s auto cannot reach self-mass {args.xsample_self_mass} with --xsample-graph-topk "
+                f"{args.xsample_graph_topk} at global batch {global_batch} (the closest is {stats['self_mass']:.3f} "
+                f"at tau_s {tau:.4g}): raise K, or ask for a self-mass near {stats['self_mass']:.2f}")
+            return result
         record = calibration_record(args.xsample_self_mass, global_batch, sample.describe())
         result.updates.update(xsample_tau_s=tau, **{CALIBRATION_RECORD: record})
         if recalibrating:
@@ -230,13 +313,15 @@ class CaptionTargetFlags:
         result.notes.append(
             f"X-Sample tau_s calibrated: {tau:.6g} (--xsample-tau-s auto: self-mass {stats['self_mass']:.3f}, "
             f"target {args.xsample_self_mass}; row entropy {stats['entropy']:.2f} nats of at most "
-            f"{stats['uniform_entropy']:.2f}; global batch {global_batch}; {sample.describe()}; "
+            f"{stats['uniform_entropy']:.2f}; global batch {global_batch}; graph {_graph_name(args)}; {sample.describe()}; "
             f"{sample.report.summary()})")
         return result
 
     # --- build ---------------------------------------------------------------------------------------
-    def build_embedder(self, args, tokenizer=None, device=None):
-        """``(embedder, description)``: the table lookup with ``--xsample-embeddings``, else the encoder."""
+    def build_embedder(self, args, tokenizer=None, device=None, raw=False):
+        """``(embedder, description)``: the table lookup with ``--xsample-embeddings``, else the encoder;
+        unless ``raw``, centred with the run's graph statistics (``--xsample-graph-centre``, written to the
+        run's log folder). The losses get ``--xsample-graph-topk`` from their plugin (``plugins.py``)."""
         from .decode import TokenDecoder, decoder_or_none
         from .embedders import OnlineCaptionEmbeddings, TableCaptionEmbeddings
 
@@ -256,7 +341,88 @@ class CaptionTargetFlags:
             source = f"online encoder {encoder.name} on {device}"
         # --accum-freq k: OpenCLIP calls the loss k times per batch, on the same concatenated tokens
         embedder.stats.calls_per_batch = max(1, getattr(args, "accum_freq", 1))
+        if raw:
+            return embedder, source
+        return self._graph_embedder(args, embedder, source)
+
+    @staticmethod
+    def _graph_embedder(args, embedder, source):
+        statistics = getattr(args, GRAPH_RECORD, None)
+        if getattr(args, "xsample_graph_centre", False):
+            from .graph_options import CentredEmbedder, GraphStatistics, write_statistics
+
+            if not isinstance(statistics, GraphStatistics):
+                raise RuntimeError("--xsample-graph-centre: the graph statistics were not computed at start-up "
+                                   f"({GRAPH_RECORD}: {statistics!r}); launch through the xsample_openclip hook")
+            write_statistics(args, statistics)
+            embedder = CentredEmbedder(embedder, statistics)
+            source += f", centred graph {statistics}"
+        if args.xsample_graph_topk is not None:
+            source += f", top-{args.xsample_graph_topk} graph"
         return embedder, source
+
+
+GRAPH_RECORD = "xsample_graph_statistics"
+
+
+def _graph_name(args) -> str:
+    parts = (["centred" + (", whitened" if args.xsample_graph_whiten else "")] if args.xsample_graph_centre else [])
+    parts += [f"top-{args.xsample_graph_topk}"] if args.xsample_graph_topk is not None else []
+    return " ".join(parts) or "full"
+
+
+def calibration_similarities(embeddings, statistics=None, topk=None, global_batch=None):
+    """The calibration sample's similarities on the graph the run uses (float64, host): centred with
+    ``statistics`` (``graph_options.GraphStatistics``), pairs cut by top-k at ``global_batch`` at -inf."""
+    from ..losses.graph import centre_captions, unit_captions
+    from .calibrate import similarities_of, topk_similarities
+
+    e = unit_captions(embeddings.cpu()).double()
+    if statistics is not None:
+        e = centre_captions(e, statistics.mean, statistics.whitening)
+    similarities = similarities_of(e)
+    return similarities if topk is None else topk_similarities(similarities, topk, global_batch)
+
+
+class _Drawn:
+    def __init__(self, sample=None, embeddings=None, problem=None):
+        self.sample, self.embeddings, self.problem = sample, embeddings, problem
+
+
+class _SampleCache:
+    """The calibration sample and its embeddings, drawn and embedded once per start-up."""
+
+    def __init__(self):
+        self.drawn = None
+
+    def get(self, flags, args, tokenizer) -> _Drawn:
+        if self.drawn is None:
+            self.drawn = _draw_sample(flags, args, tokenizer)
+        return self.drawn
+
+
+def _draw_sample(flags, args, tokenizer) -> _Drawn:
+    from .sampling import sample_uniform
+    from .table import MissingCaptionsError
+
+    try:
+        sample = sample_uniform(args.train_data, CALIBRATION_CAPTIONS, args.seed, args.dataset_type,
+                                args.csv_caption_key, args.csv_separator)
+    except ValueError as err:
+        return _Drawn(problem=f"--xsample-tau-s auto could not read the training captions of "
+                              f"--train-data {args.train_data}: {err}")
+    if len(sample.captions) < 2:
+        return _Drawn(problem=(
+            "--xsample-tau-s auto needs training captions to calibrate on, but fewer than 2 could be read "
+            f"locally from --train-data {args.train_data}; pass a number, e.g. --xsample-tau-s 0.1"))
+    if tokenizer is None:
+        return _Drawn(problem=f"--xsample-tau-s auto: no tokenizer for --model {args.model}")
+    embedder, _ = flags.build_embedder(args, tokenizer=tokenizer, raw=True)
+    try:
+        embeddings = embedder(tokenizer(sample.captions))
+    except MissingCaptionsError as err:
+        return _Drawn(problem=f"--xsample-tau-s auto could not embed the sampled training captions: {err}")
+    return _Drawn(sample, embeddings.cpu())
 
 
 def _tokenizer(args):
