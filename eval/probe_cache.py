@@ -2,8 +2,9 @@
 
 A feature file is keyed by the checkpoint *content* (the identity ``checkpoints`` records for the run in
 ``runs.json``, the same key that decides whether zero-shot results are reused), the model, the image split
-(for a clip_benchmark ``wds/`` set the SHA-256 of its shards; for a folder dataset its path, so a folder
-edited in place is not noticed), and the featurizer settings. A checkpoint overwritten in place therefore
+(for a clip_benchmark ``wds/`` set the SHA-256 of its shards; for a folder dataset such as ImageNet a
+SHA-256 of its file listing: every file's relative path, size and modification time, which is cheap next
+to encoding the images and notices a folder edited in place), and the featurizer settings. A checkpoint overwritten in place therefore
 gets new features even if its run's folder survived, and two sets sharing the same training images (the
 background variants of one group) share one file. A fitted probe is keyed by its training features' key
 and the probe settings, so the variants of a group train one probe and only score it on their own tests.
@@ -18,10 +19,22 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def listing_digest(root) -> str:
+    """SHA-256 over (relative path, size, mtime) of every file below ``root``, in sorted order."""
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in files:
+            path = os.path.join(folder, name)
+            st = os.stat(path)
+            entries.append(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
+
+
 def split_identity(cb_dataset, root, split):
-    """What identifies the images of one split: shard hashes for ``wds/`` sets, else the folder's path."""
+    """What identifies the images of one split: shard hashes for ``wds/`` sets, else the folder's listing."""
     if not cb_dataset.startswith("wds/"):
-        return {"dataset": cb_dataset, "root": os.path.abspath(root), "split": split}
+        return {"dataset": cb_dataset, "split": split, "listing": listing_digest(root)}
     folder = os.path.join(root, split)
     with open(os.path.join(folder, "nshards.txt")) as f:
         nshards = int(f.read().strip())

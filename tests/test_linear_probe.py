@@ -450,3 +450,29 @@ def test_imagenet_folders_are_probed_from_train_and_val(probe_data, tmp_path):
     for split in ("train", "test"):
         assert run.features(spec.cb_dataset, spec.root, split)[1].tolist() == list(range(1000))
     assert 0 <= result["metrics"]["lp_acc1"] <= result["metrics"]["lp_acc5"] <= 1
+
+
+def test_a_folder_dataset_is_keyed_by_its_listing_not_its_path(tmp_path):
+    """ImageNet-style folders: an image edited in place, added or renamed changes the cache key; the
+    same content at another path keeps it."""
+    import os
+    import shutil
+
+    from eval.probe_cache import split_identity
+
+    root = tmp_path / "in1k"
+    (root / "train" / "n01").mkdir(parents=True)
+    image = root / "train" / "n01" / "a.jpg"
+    image.write_bytes(b"x" * 10)
+    os.utime(image, ns=(1, 1))
+    first = split_identity("imagenet1k", root, "train")
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(root, copy)
+    os.utime(copy / "train" / "n01" / "a.jpg", ns=(1, 1))
+    assert split_identity("imagenet1k", copy, "train") == first
+    image.write_bytes(b"y" * 11)
+    os.utime(image, ns=(1, 1))
+    edited = split_identity("imagenet1k", root, "train")
+    assert edited != first
+    (root / "train" / "n01" / "b.jpg").write_bytes(b"z")
+    assert split_identity("imagenet1k", root, "train") != edited
