@@ -357,8 +357,9 @@ class CaptionTargetFlags:
             write_statistics(args, statistics)
             embedder = CentredEmbedder(embedder, statistics)
             source += f", centred graph {statistics}"
-        if args.xsample_graph_topk is not None:
-            source += f", top-{args.xsample_graph_topk} graph"
+        topk = getattr(args, "xsample_graph_topk", None)  # absent for target_stats' raw embedder
+        if topk is not None:
+            source += f", top-{topk} graph"
         return embedder, source
 
 
