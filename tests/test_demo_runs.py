@@ -207,3 +207,11 @@ def test_the_key_covers_pretrained_weights_and_training_code(tmp_path, data, mon
     before = runs.run_key(XSAMPLE, data, SETTINGS, logs)
     monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: "edited")
     assert runs.run_key(XSAMPLE, data, SETTINGS, logs) != before
+
+
+def test_each_family_trains_at_the_learning_rate_chosen_on_validation():
+    from xsample_openclip.demo import cli
+
+    assert cli.parse_args(["--out", "x"]).lr == 2.5e-4
+    assert cli.parse_args(["--out", "x", "--family", "sigmoid"]).lr == 5e-4
+    assert cli.parse_args(["--out", "x", "--family", "sigmoid", "--lr", "1e-3"]).lr == 1e-3

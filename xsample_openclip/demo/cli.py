@@ -42,6 +42,9 @@ FAMILIES = {
     "softmax": ("clip", ("--loss", "clip"), ("--loss", "xsample"), "xs-tiny-vit-64"),
     "sigmoid": ("siglip", ("--loss", "clip", "--siglip"), ("--loss", "xsample-siglip", "--siglip"), "xs-tiny-sigmoid-64"),
 }
+#: Learning rate per family, each chosen on the validation split with the stock baseline's zero-shot top-1
+#: (docs/validation.md): 2.5e-4 for CLIP, 5e-4 for SigLIP; the paper family keeps the softmax choice.
+FAMILY_LR = {"softmax": 2.5e-4, "sigmoid": 5e-4, "paper": 2.5e-4}
 
 
 def parse_variant(text):
@@ -79,7 +82,8 @@ def parse_args(argv):
                         "X-CLR (caption and class graphs), SupCon, X-Sample (one and two views), by linear probe")
     p.add_argument("--epochs", type=int, default=DEFAULT_SETTINGS.epochs)
     p.add_argument("--batch-size", type=int, default=DEFAULT_SETTINGS.batch_size)
-    p.add_argument("--lr", type=float, default=DEFAULT_SETTINGS.lr)
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"default per --family, chosen on validation: {FAMILY_LR}")
     p.add_argument("--warmup", type=int, default=DEFAULT_SETTINGS.warmup)
     p.add_argument("--model", default=None, help="default: xs-tiny-vit-64 (softmax), xs-tiny-sigmoid-64 (sigmoid)")
     p.add_argument("--variant", type=parse_variant, action="append", dest="variants",
@@ -124,6 +128,8 @@ def parse_args(argv):
         p.error("--data-fraction and --paper-losses belong to --family paper")
     if args.data_variant not in DATASETS[args.dataset].variants:
         p.error(f"--data-variant for {args.dataset}: one of {DATASETS[args.dataset].variants}")
+    if args.lr is None:
+        args.lr = FAMILY_LR[args.family]
     return args
 
 
