@@ -155,8 +155,10 @@ class XSampleLoss(CaptionTargetLoss):
         """Set this epoch's hard-target weight (--xsample-clip-weight-schedule; the loop calls this before
         each epoch's steps, so a resumed run gets its epoch's weight)."""
         schedule = self.clip_weight_schedule
+        if schedule == "constant":
+            return  # the weight never changes
         self.clip_weight = clip_weight_at(schedule, self.base_clip_weight, epoch, args.epochs)
-        if schedule != "constant" and self.rank == 0:
+        if self.rank == 0:
             logging.info(f"X-Sample clip weight for epoch {epoch}: {self.clip_weight:.4g} ({schedule} from "
                          f"{self.base_clip_weight} over {args.epochs} epochs)")
 
