@@ -14,20 +14,24 @@ import torch
 import torch.nn as nn
 
 from ..targets.embedders import to_device
+from .graph import check_topk
 
 
 class CaptionTargetLoss(nn.Module):
     needs_batch_tokens = True
 
-    def __init__(self, caption_embedder=None, tau_s: float = 0.2, rank: int = 0, world_size: int = 1):
+    def __init__(self, caption_embedder=None, tau_s: float = 0.2, rank: int = 0, world_size: int = 1,
+                 topk: Optional[int] = None):
         super().__init__()
         if not tau_s > 0:
             raise ValueError(f"tau_s must be > 0, got {tau_s}")
+        if topk is not None:
+            check_topk(topk)
         self.caption_embedder = caption_embedder
         self.tau_s = tau_s
         self.rank = rank
         self.world_size = world_size
-        self.topk = None  # --xsample-graph-topk, set by the losses that apply it
+        self.topk = topk  # --xsample-graph-topk (None: every caption of the batch)
 
     def caption_embeddings_for(self, batch_tokens: Optional[torch.Tensor], device: torch.device) -> torch.Tensor:
         if batch_tokens is None:

@@ -31,7 +31,7 @@ from open_clip.loss import (neighbour_exchange, neighbour_exchange_bidir, neighb
 
 from .blockwise import accumulate_mm, as_scalar, autocast_off, blocks, matmul_dtype, scaled
 from .common import CaptionTargetLoss
-from .graph import caption_similarities, check_topk, kernel_targets, topk_thresholds, unit_captions
+from .graph import caption_similarities, kernel_targets, topk_thresholds, unit_captions
 
 TARGETS = ("kernel", "softmax")
 
@@ -112,10 +112,7 @@ class XSampleSigLipLoss(CaptionTargetLoss):
 
     def __init__(self, caption_embedder=None, tau_s: float = 0.2, target: str = "kernel", rank: int = 0,
                  world_size: int = 1, dist_impl: Optional[str] = None, topk: Optional[int] = None):
-        super().__init__(caption_embedder, tau_s, rank, world_size)
-        if topk is not None:
-            check_topk(topk)
-            self.topk = topk
+        super().__init__(caption_embedder, tau_s, rank, world_size, topk)
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.target = target

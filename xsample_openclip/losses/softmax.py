@@ -33,7 +33,7 @@ from open_clip.loss import gather_features
 
 from .common import CaptionTargetLoss
 from .fused_softmax import masked_soft_cross_entropy, soft_clip_loss, soft_row_cross_entropy
-from .graph import CLIP_WEIGHT_SCHEDULES, check_topk, clip_weight_at, softmax_targets, unit_captions
+from .graph import CLIP_WEIGHT_SCHEDULES, clip_weight_at, softmax_targets, unit_captions
 from .xclr import view_rows, views_per_caption, xclr_loss
 
 
@@ -59,12 +59,9 @@ class XSampleLoss(CaptionTargetLoss):
         topk: Optional[int] = None,
         clip_weight_schedule: str = "constant",
     ):
-        super().__init__(caption_embedder, tau_s, rank, world_size)
+        super().__init__(caption_embedder, tau_s, rank, world_size, topk)
         if not 0.0 <= clip_weight <= 1.0:
             raise ValueError(f"clip_weight must be in [0, 1], got {clip_weight}")
-        if topk is not None:
-            check_topk(topk)
-            self.topk = topk
         if clip_weight_schedule not in CLIP_WEIGHT_SCHEDULES:
             raise ValueError(f"clip_weight_schedule must be one of {CLIP_WEIGHT_SCHEDULES}, got {clip_weight_schedule!r}")
         self.clip_weight_schedule = clip_weight_schedule
