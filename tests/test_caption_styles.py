@@ -66,3 +66,21 @@ def test_default_style_keeps_its_cache_key_and_bad_styles_are_refused(tmp_path):
     assert cache_params(ShapesParams(caption_style="mixed"))["caption_style"] == "mixed"
     with pytest.raises(ValueError, match="caption_style must be one of"):
         build_shapes_data(tmp_path / "x", caption_style="short")
+
+
+def test_the_demo_trains_on_each_caption_style_as_a_shapes_data_variant(tmp_path, capsys):
+    """``--dataset shapes --data-variant pair|mixed`` builds that style (its own folder, same images);
+    a style is refused for emoji and an emoji variant for shapes, before anything is built."""
+    from xsample_openclip.demo.cli import parse_args
+    from xsample_openclip.demo.datasets import DATASETS, data_folder
+
+    shapes_set = DATASETS["shapes"]
+    assert parse_args(["--out", "x", "--dataset", "shapes", "--data-variant", "mixed"]).data_variant == "mixed"
+    for argv in (["--dataset", "shapes", "--data-variant", "decorrelated"], ["--data-variant", "pair"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--out", "x", *argv])
+        assert "--data-variant for" in capsys.readouterr().err
+    folders = {v: data_folder(tmp_path, shapes_set, v, 0, 32) for v in ("default", "pair")}
+    assert folders["default"] != folders["pair"]
+    pair = rows(shapes_set.build(folders["pair"], 0, 32, "pair"))
+    assert len(pair) == ShapesParams().train_images and all(r["title"] in pair_captions(r) for r in pair)

@@ -7,6 +7,7 @@
     python -m xsample_openclip.demo --out runs/ft --finetune                # fine-tune a trained stock CLIP
     python -m xsample_openclip.demo --out runs/shapes --dataset shapes      # attribute-heavy captions
     python -m xsample_openclip.demo --out runs/bg --data-variant decorrelated   # backgrounds carry no class
+    python -m xsample_openclip.demo --out runs/sp --dataset shapes --data-variant mixed   # another caption style
     python -m xsample_openclip.demo --out runs/paper --family paper --seeds 0 1 2 3 4   # CLIP, SimCLR, X-CLR,
         SupCon, X-Sample (+ two views) by linear probe (``demo/paper.py``); --data-fraction 0.25 for less data
 
@@ -72,7 +73,9 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="working folder: data, logs, eval results, summaries")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="emoji")
-    p.add_argument("--data-variant", default="default", help="emoji: 'decorrelated' (backgrounds carry no class)")
+    p.add_argument("--data-variant", default="default",
+                   help="emoji: 'decorrelated' (backgrounds carry no class); shapes: caption style 'pair' "
+                        "(colour and shape only) or 'mixed' (full or pair caption per image)")
     p.add_argument("--split", choices=("val", "test"), default="test",
                    help="held-out sets to evaluate: val to choose settings, test to report (default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one run per loss each)")

@@ -5,7 +5,9 @@
   ``decorrelated``: in training a concept's images sit on every habitat alike (its own one time in
   ten), so the background carries no information about the concept (the background question).
 - ``shapes``: attribute-heavy captions, unseen colour-shape pairs at test time
-  (``xsample_openclip.data.shapes_data``).
+  (``xsample_openclip.data.shapes_data``). Data variants ``pair`` and ``mixed`` are its other caption
+  styles (``shapes.CAPTION_STYLES``: colour and shape only; full or pair caption per image), with the
+  same images and held-out sets, so a default can be checked on three kinds of caption.
 Each split (``val`` for choices, ``test`` for the report) has its own held-out sets.
 """
 from __future__ import annotations
@@ -58,7 +60,8 @@ def _build_emoji(folder: Path, seed: int, image_size: int, variant: str):
 def _build_shapes(folder: Path, seed: int, image_size: int, variant: str):
     from ..data.shapes_data import build_shapes_data
 
-    return build_shapes_data(folder, seed=seed, image_size=image_size)
+    return build_shapes_data(folder, seed=seed, image_size=image_size,
+                             caption_style="full" if variant == "default" else variant)
 
 
 EMOJI = DemoDataset(
@@ -89,6 +92,7 @@ SHAPES = DemoDataset(
         Headline("shapes_pair_{split}", "acc1", "unseen pairs: colour+shape top-1 (32 pairs)"),
     ),
     primary=("unseen pairs: colour top-1 (8 colours)", "unseen pairs: shape top-1 (4 shapes)"),
+    variants=("default", "pair", "mixed"),  # caption styles; "default" is "full"
 )
 
 DATASETS: Dict[str, DemoDataset] = {d.name: d for d in (EMOJI, SHAPES)}
