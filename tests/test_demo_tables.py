@@ -115,3 +115,21 @@ def test_the_demo_summary_writes_the_per_seed_file_its_table_comes_back_from(tmp
 
     converted = tables.from_summary_json(tmp_path / "summary-test.json", tmp_path / "converted.csv")
     assert converted.read_text() == per_seed.read_text()
+
+
+def test_every_committed_per_seed_file_regenerates_a_table_printed_in_the_docs():
+    """The docs' tables are the committed files' tables, row for row (a hand-edited or stale number fails):
+    each ``docs/results/*.csv`` regenerates a table whose every data row appears in ``docs/results.md``
+    or ``docs/validation.md``."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "docs" / "results").glob("*.csv"))
+    assert len(files) >= 5, files
+    docs = "\n".join((root / "docs" / name).read_text() for name in ("results.md", "validation.md"))
+    printed = {line.strip() for line in docs.splitlines()}
+    for path in files:
+        rows = [line for line in tables.regenerate([path]).splitlines() if line.startswith("| ")]
+        assert len(rows) >= 3, path
+        missing = [line for line in rows if line.strip() not in printed]
+        assert not missing, f"{path.name}: rows not in the docs (regenerate the table): {missing[:2]}"
