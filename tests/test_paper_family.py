@@ -120,7 +120,7 @@ def test_paper_run_specs_share_images_epochs_batch_and_differ_only_in_loss_flags
         assert (("--xsample-views", "2") in zip(f, f[1:])) == two, name
         if name.startswith(("simclr", "xclr", "supcon")):
             assert f[:2] == ("--loss", "xclr") and "--lock-text" in f and "--lock-text-freeze-layer-norm" in f
-            assert f[f.index("--xsample-xclr-temperature") + 1] == "0.1"
+            assert f[f.index("--xsample-xclr-temperature") + 1] == "0.2"
     assert f_value(flags["simclr-s0"], "--xsample-xclr-graph") == "instance"
     assert f_value(flags["supcon-s0"], "--xsample-tau-s") == "0.0001"
     assert f_value(flags["xclr-class-s0"], "--xsample-tau-s") == "0.1"
