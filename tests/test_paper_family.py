@@ -277,6 +277,10 @@ def test_datasize_plot_and_table_from_per_seed_files(tmp_path, capsys):
             std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1))
             assert f"{mean:.1f} ± {std:.1f} (n={len(v)})" in printed
     assert "| 0.5 (1500) |" in printed and "| 0.25 |" in printed
+    # paired Δ xclr − clip per fraction; 95 % CI by hand: t(0.975, 1) = 12.706, t(0.975, 2) = 4.303
+    assert "| 0.25 | +5.0 [+5.0, +5.0] (n=2) |" in printed  # Δ 5, 5: no spread
+    assert "| 0.5 | +2.0 [-10.7, +14.7] (n=2) |" in printed  # Δ 3, 1: half 12.706 * sqrt(2) / sqrt(2)
+    assert "| 1 | +5.0 [+0.7, +9.3] (n=3) |" in printed  # Δ 4, 4, 7: half 4.303 * sqrt(3) / sqrt(3)
     data = datasize.curves(datasize.points_of(sources, "test"), ["clip", "xclr"])
     assert [p[0] for p in data["clip"]] == [0.25, 0.5, 1.0]
     with pytest.raises(SystemExit):

@@ -6,7 +6,9 @@
 An OUT folder contributes every ``paper-<split>[-fF].json`` that ``--family paper --data-fraction F`` wrote
 there (its fraction, training-image count and per-seed CSV); ``F=CSV`` names a per-seed file and its
 fraction directly. One line per loss (the paper's Fig. 3a in small): mean over seeds, whiskers the
-standard deviation; the points are also printed as a table.
+standard deviation; the points are also printed as a table, followed by each loss's paired difference to
+the first loss (``--losses``' baseline, CLIP by default) per fraction with its 95 % confidence interval
+over the seeds both have: the paper's "more so with less data" is a statement about that difference.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from .stats import mean_std
+from .stats import mean_ci, mean_std
 from .tables import read_per_seed
 
 COLUMN = "linear probe top-1, 10 concepts"
@@ -61,6 +63,36 @@ def curves(points: Sequence[Point], losses: Sequence[str], column: str = COLUMN)
     if missing:
         raise ValueError(f"no values of {', '.join(missing)} in {column!r} of any file")
     return out
+
+
+def paired_gaps(points: Sequence[Point], losses: Sequence[str], column: str = COLUMN) -> Dict[str, List[tuple]]:
+    """loss -> [(fraction, mean Δ, 95 % CI or None, seeds)]: Δ = loss − losses[0], paired by seed."""
+    baseline, out = losses[0], {loss: [] for loss in losses[1:]}
+    for fraction, _, path in points:
+        values = read_per_seed([path])[2].get(column, {})
+        base = values.get(baseline, {})
+        for loss in out:
+            deltas = [v - base[seed] for seed, v in sorted(values.get(loss, {}).items()) if seed in base]
+            if deltas:
+                out[loss].append((fraction, mean_std(deltas)[0], mean_ci(deltas), len(deltas)))
+    return out
+
+
+def gap_table(gaps: Dict[str, List[tuple]], baseline: str) -> str:
+    fractions = sorted({f for pts in gaps.values() for f, *_ in pts})
+    lines = ["| data fraction | " + " | ".join(f"Δ {loss} − {baseline} [95 % CI]" for loss in gaps) + " |",
+             "|---|" + "---:|" * len(gaps)]
+    for fraction in fractions:
+        cells = []
+        for pts in gaps.values():
+            hit = [p for p in pts if p[0] == fraction]
+            if not hit:
+                cells.append("n/a")
+                continue
+            _, delta, ci, n = hit[0]
+            cells.append(f"{delta:+.1f}" + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "") + f" (n={n})")
+        lines.append(f"| {fraction:g} | " + " | ".join(cells) + " |")
+    return "paired by seed:\n" + "\n".join(lines)
 
 
 def plot(path, data: Dict[str, List[tuple]], column: str, title: str) -> Path:
@@ -110,6 +142,9 @@ def main(argv=None):
     first = Path(args.sources[0])
     out = args.out or (first / f"datasize-{args.split}.png" if first.is_dir() else f"datasize-{args.split}.png")
     print(table(data, args.column))
+    if len(args.losses) > 1:
+        print("\n" + gap_table(paired_gaps(points_of(args.sources, args.split), args.losses, args.column),
+                               args.losses[0]))
     print(f"\nplot: {plot(out, data, args.column, f'probe accuracy against data size ({args.split} split)')}")
     return 0
 
