@@ -97,6 +97,10 @@ def parse_args(argv):
     p.add_argument("--finetune-epochs", type=int, default=6)
     p.add_argument("--finetune-lr", type=float, default=None, help="default: --lr / 2")
     p.add_argument("--parallel", type=int, default=2, help="runs trained at once (one thread each)")
+    p.add_argument("--probe", action="store_true",
+                   help="also a linear probe of the image tower (emoji concepts; shapes colour and shape of the "
+                        "unseen pairs): less noisy than zero-shot with a tiny text tower; trained runs are reused "
+                        "(the paper family always probes)")
     paper = p.add_argument_group("--family paper (xsample_openclip/demo/paper.py)")
     paper.add_argument("--data-fraction", type=float, default=1.0,
                        help="train on the first F of a seeded (--data-seed) shuffle of the training images: "
@@ -196,10 +200,16 @@ def main(argv=None):
     suffix = "-finetune" if args.finetune else ""  # fine-tuning shares the folder with its pretraining
     name = args.split + suffix
     specs, gaps = dataset.eval_specs(data, args.split)
-    comparison = compare(settings.model, runs, specs, tasks=("zeroshot",), out=str(out / f"eval-{name}"),
+    tasks, headline = ("zeroshot",), dataset.headline
+    if args.probe:
+        from ..eval.probe_sets import add_linear_probe
+
+        specs = add_linear_probe(specs, data.root, out / "probe-sets")
+        tasks, headline = ("zeroshot", "linear_probe"), dataset.headline + dataset.probe
+    comparison = compare(settings.model, runs, specs, tasks=tasks, out=str(out / f"eval-{name}"),
                          bg_gaps=gaps, num_workers=0)
     header = _describe(args, settings, variants, losses)
-    table, rows = summarize(comparison.csv, out, losses, dataset.headline, args.split, dataset.primary,
+    table, rows = summarize(comparison.csv, out, losses, headline, args.split, dataset.primary,
                             args.seeds, header, name=name)
     title = (f"{' vs '.join(losses)} on {args.dataset} ({args.split} split), "
              f"{len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}")

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 
+PROBE = "linear_probe"  # the eval task of the probe rows (``eval/linear_probe.py``)
+
+
 @dataclass(frozen=True)
 class Headline:
     """One number of the summary: ``dataset`` is a set name with ``{split}`` in it; ``task`` (e.g.
@@ -39,6 +42,7 @@ class DemoDataset:
     headline: Tuple[Headline, ...]
     primary: Tuple[str, ...]  # headline labels averaged into the number that settings are chosen by
     variants: Tuple[str, ...] = ("default",)
+    probe: Tuple[Headline, ...] = ()  # the linear-probe numbers, added to the headline by ``--probe``
 
     def eval_specs(self, data, split: str):
         """(clip_benchmark specs of the split's sets, BG-Gap pairs)."""
@@ -81,6 +85,11 @@ EMOJI = DemoDataset(
     ),
     primary=("zero-shot top-1, 10 concepts",),
     variants=("default", "decorrelated"),
+    probe=(
+        Headline("emoji_cls_{split}", "lp_acc1", "linear probe top-1, 10 concepts", task=PROBE),
+        Headline("emoji_bg_{split}_only_bg", "lp_acc1", "probe, backgrounds: only_bg, top-1", task=PROBE),
+        Headline("emoji_bg_{split}", "bg_gap", "probe BG-Gap = mixed_same - mixed_rand", True, task=PROBE),
+    ),
 )
 
 SHAPES = DemoDataset(
@@ -93,6 +102,10 @@ SHAPES = DemoDataset(
     ),
     primary=("unseen pairs: colour top-1 (8 colours)", "unseen pairs: shape top-1 (4 shapes)"),
     variants=("default", "pair", "mixed"),  # caption styles; "default" is "full"
+    probe=(
+        Headline("shapes_colour_{split}", "lp_acc1", "linear probe, unseen pairs: colour top-1", task=PROBE),
+        Headline("shapes_shape_{split}", "lp_acc1", "linear probe, unseen pairs: shape top-1", task=PROBE),
+    ),
 )
 
 DATASETS: Dict[str, DemoDataset] = {d.name: d for d in (EMOJI, SHAPES)}
