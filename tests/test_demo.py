@@ -73,8 +73,9 @@ def test_demo_sigmoid_family_and_validation_split(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (out / "logs").rglob("*.pt")} == checkpoints
     assert "| linear probe, unseen pairs: shape top-1 |" in probed.stdout
     with open(out / "eval-val" / "results.csv") as f:
-        lp = {(r["run"], r["dataset"]): 100 * float(r["value"]) for r in csv.DictReader(f)
-              if r["task"] == "linear_probe" and r["metric"] == "lp_acc1"}
+        results = list(csv.DictReader(f))
+    lp = {(r["run"], r["dataset"]): 100 * float(r["value"]) for r in results
+          if r["task"] == "linear_probe" and r["metric"] == "lp_acc1"}
     assert set(lp) == {(run, f"shapes_{t}_val") for run in ("siglip-s0", "xsample-siglip-s0") for t in ("colour", "shape")}
     summary = json.loads((out / "summary-val.json").read_text())
     rows = {r["label"]: r for r in summary["rows"]}
@@ -82,8 +83,7 @@ def test_demo_sigmoid_family_and_validation_split(tmp_path):
         row = rows[f"linear probe, unseen pairs: {task} top-1"]
         for run, loss in (("siglip-s0", "siglip"), ("xsample-siglip-s0", "xsample-siglip")):
             assert row["values"][loss]["0"] == pytest.approx(lp[(run, f"shapes_{task}_val")])
-    with open(out / "eval-val" / "results.csv") as f:
-        zs = [r for r in csv.DictReader(f) if r["run"] == "siglip-s0" and r["dataset"] == "shapes_colour_val"
-              and r["metric"] == "acc1" and r["task"] != "linear_probe"]
+    zs = [r for r in results if r["run"] == "siglip-s0" and r["dataset"] == "shapes_colour_val"
+          and r["metric"] == "acc1" and r["task"] != "linear_probe"]
     assert len(zs) == 1  # the zero-shot row keeps the zero-shot number
     assert rows["unseen pairs: colour top-1 (8 colours)"]["values"]["siglip"]["0"] == pytest.approx(100 * float(zs[0]["value"]))

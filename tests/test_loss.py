@@ -147,6 +147,7 @@ def test_repeated_captions_with_their_own_text_features_make_clip_loss_the_small
     apart = XSampleLoss(tau_s=1e-4)(img.detach(), txt_distinct, scale, caption_embeddings=cap)
     assert abs(apart.item() - ClipLoss()(img.detach(), txt_distinct, scale).item()) > 1e-3
 
+
 def test_both_directions_use_row_targets_and_are_symmetric():
     img, txt, cap = batch(seed=6)
     scale = torch.tensor(9.0, dtype=torch.float64)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-from .datasets import Headline
+from .datasets import PROBE, Headline
 from .runs import RunSpec, TrainData, TrainSettings
 
 #: τ_s of the SupCon run: identical captions are exact ties (``losses.graph.IDENTICAL``) and different classes'
@@ -104,7 +104,7 @@ def run_specs(seeds: Sequence[int], losses: Sequence[PaperLoss], data: dict) -> 
 
 
 def headline() -> Tuple[Headline, ...]:
-    probe, zs = "linear_probe", "zeroshot_classification"
+    probe, zs = PROBE, "zeroshot_classification"
     rows = [Headline("emoji_cls_{split}", "lp_acc1", "linear probe top-1, 10 concepts", task=probe),
             Headline("emoji_cls_{split}", "lp_acc5", "linear probe top-5", task=probe)]
     rows += [Headline(f"emoji_bg_{{split}}_{v}", "lp_acc1", f"probe, backgrounds: {v}, top-1", task=probe)
@@ -144,7 +144,7 @@ def reported_results(results_csv: Path, out_csv: Path, losses: Sequence[PaperLos
     with open(results_csv, newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames, list(reader)
-    kept = [r for r in rows if r["task"] == "linear_probe" or split_run(r["run"])[0] not in image_only]
+    kept = [r for r in rows if r["task"] == PROBE or split_run(r["run"])[0] not in image_only]
     if image_only:
         logging.info(f"zero-shot numbers of {', '.join(sorted(image_only))} left out of the summary "
                      f"({len(rows) - len(kept)} rows): their text tower is the random initial one (--lock-text)")
