@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xsample_openclip.plugins import DEFAULT_CLIP_WEIGHT  # noqa: F401 - --loss xsample without the flag
+
 MODEL = "xs-tiny-vit-32"
 FULL_CROP = "scale=(1.0,1.0)"
 
@@ -149,8 +151,10 @@ def clip_loss(img, txt, scale, rows=None):
     return float(np.mean([(_ce_row(logits[i], i) + _ce_row(logits.T[i], i)) / 2 for i in rows]))
 
 
-def xsample_loss(img, txt, scale, captions_emb, tau_s, rows=None):
-    """X-Sample: CE of row softmax(S/tau_s) targets, both directions, for the anchors ``rows``."""
+def xsample_loss(img, txt, scale, captions_emb, tau_s, rows=None, clip_weight=0.0):
+    """X-Sample: CE of (1 - w) row softmax(S/tau_s) + w identity targets, both directions, for the anchors
+    ``rows`` (w: ``--xsample-clip-weight``; a run of ``--loss xsample`` without the flag has
+    ``plugins.DEFAULT_CLIP_WEIGHT``)."""
     rows = np.arange(len(img)) if rows is None else np.asarray(rows)
     e = captions_emb.numpy()
     e = e / np.linalg.norm(e, axis=1, keepdims=True)
@@ -159,7 +163,8 @@ def xsample_loss(img, txt, scale, captions_emb, tau_s, rows=None):
     total = 0.0
     for i in rows:
         p = np.exp(s[i] - s[i].max())
-        p /= p.sum()
+        p = (1 - clip_weight) * p / p.sum()
+        p[i] += clip_weight
         total += (_soft_ce(logits[i], p) + _soft_ce(logits.T[i], p)) / 2
     return float(total / len(rows))
 

@@ -132,8 +132,8 @@ def test_validation_reports_the_training_objective_too(small):
     assert "Eval Epoch: 1" in (run / "out.log").read_text() and "xsample_val_loss" in (run / "out.log").read_text()
     final = str(run / "checkpoints" / "epoch_1.pt")
     img, txt, scale, captions = cr.features(final, csv, train=False)
-    assert results[-1]["xsample_val_loss"] == pytest.approx(cr.xsample_loss(img, txt, scale, cr.minilm(captions), 0.2),
-                                                            rel=1e-4)
+    expected = cr.xsample_loss(img, txt, scale, cr.minilm(captions), 0.2, clip_weight=cr.DEFAULT_CLIP_WEIGHT)
+    assert results[-1]["xsample_val_loss"] == pytest.approx(expected, rel=1e-4)
     assert results[-1]["clip_val_loss"] == pytest.approx(cr.clip_loss(img, txt, scale), rel=1e-4)
 
 

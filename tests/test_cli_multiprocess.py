@@ -89,7 +89,8 @@ def single(setup):
 def reference(setup, loss, rows=None):
     if loss == "clip":
         return cr.clip_loss(setup["img"], setup["txt"], setup["scale"], rows)
-    return cr.xsample_loss(setup["img"], setup["txt"], setup["scale"], setup["captions"], 0.2, rows)
+    return cr.xsample_loss(setup["img"], setup["txt"], setup["scale"], setup["captions"], 0.2, rows,
+                           clip_weight=cr.DEFAULT_CLIP_WEIGHT)  # the package default: no --xsample-clip-weight in XS
 
 
 @pytest.mark.parametrize("loss", ["clip", "online", "table"])
@@ -224,5 +225,5 @@ def test_auto_tau_s_gives_the_self_mass_at_the_global_batch_on_every_rank(setup)
     assert self_mass(emb, tau) == pytest.approx(0.5, abs=1e-4)
     # and rank 0's first loss is the formula with that tau_s on the whole accumulated global batch
     img, txt, scale, _ = cr.features(setup["init"], csv)
-    expected = cr.xsample_loss(img, txt, scale, emb, tau)
+    expected = cr.xsample_loss(img, txt, scale, emb, tau, clip_weight=cr.DEFAULT_CLIP_WEIGHT)
     assert cr.logged_losses(run_dir)[0] == pytest.approx(expected, rel=2e-4)

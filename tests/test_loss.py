@@ -126,25 +126,27 @@ def test_duplicate_captions_share_the_target_evenly():
     assert target.sum(1).allclose(torch.ones(5, dtype=target.dtype))
 
 
-def test_repeated_captions_with_their_own_text_features_make_clip_loss_the_small_tau_limit():
+@pytest.mark.parametrize("clip_weight", [0.0, 0.5])
+def test_repeated_captions_with_their_own_text_features_make_clip_loss_the_small_tau_limit(clip_weight):
     """Why X-Sample trains exactly like CLIP on captions that repeat verbatim (the shapes `pair` style,
     docs/results.md §8): identical captions give identical text features, so in CLIP's one-hot CE the
     columns of a caption's copies carry equal logits and the rows of its copies are equal; summed over a
-    caption's copies, one-hot and the uniform target over the copies give the same loss and gradients."""
+    caption's copies, one-hot and the uniform target over the copies give the same loss and gradients,
+    and so does any mix of the two (the hard-target weight, 0.5 by default)."""
     g = torch.Generator().manual_seed(11)
     groups = torch.tensor([0, 2, 0, 1, 2, 2, 3, 1])  # four captions, three of them repeated
     img = unit(torch.randn(8, 8, generator=g, dtype=torch.float64)).requires_grad_(True)
     txt_of_caption = unit(torch.randn(4, 8, generator=g, dtype=torch.float64)).requires_grad_(True)
     cap = unit(torch.randn(4, 5, generator=g, dtype=torch.float64))[groups]
     scale = torch.tensor(12.0, dtype=torch.float64)
-    xs = XSampleLoss(tau_s=1e-4)(img, txt_of_caption[groups], scale, caption_embeddings=cap)
+    xs = XSampleLoss(tau_s=1e-4, clip_weight=clip_weight)(img, txt_of_caption[groups], scale, caption_embeddings=cap)
     clip = ClipLoss()(img, txt_of_caption[groups], scale)
     assert xs.item() == pytest.approx(clip.item(), rel=1e-10)
     for a, b in zip(torch.autograd.grad(xs, (img, txt_of_caption)), torch.autograd.grad(clip, (img, txt_of_caption))):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     # the equality needs the copies' text features to be equal: with distinct ones it breaks
     txt_distinct = unit(torch.randn(8, 8, generator=g, dtype=torch.float64))
-    apart = XSampleLoss(tau_s=1e-4)(img.detach(), txt_distinct, scale, caption_embeddings=cap)
+    apart = XSampleLoss(tau_s=1e-4, clip_weight=clip_weight)(img.detach(), txt_distinct, scale, caption_embeddings=cap)
     assert abs(apart.item() - ClipLoss()(img.detach(), txt_distinct, scale).item()) > 1e-3
 
 

@@ -126,6 +126,9 @@ def test_paper_run_specs_share_images_epochs_batch_and_differ_only_in_loss_flags
     assert f_value(flags["xclr-class-s0"], "--xsample-tau-s") == "0.1"
     assert "--xsample-tau-s" not in flags["xclr-s0"]  # the package default (auto)
     assert f_value(flags["xsample-2v-s0"], "--xsample-image-weight") == "1.0"
+    # the paper's soft target for both image-text X-Sample runs, not the package's hard-target mix
+    assert f_value(flags["xsample-s0"], "--xsample-clip-weight") == "0"
+    assert f_value(flags["xsample-2v-s0"], "--xsample-clip-weight") == "0"
     assert flags["clip-s0"] == ("--loss", "clip")
     assert {s.name for s in specs if s.data is classes} == {f"{n}-s{k}" for n in ("xclr-class", "supcon") for k in (0, 1)}
     # the trainer's command lines: identical but for the loss flags, the name, the seed and the captions CSV

@@ -35,6 +35,22 @@ def test_loss_is_exact_and_not_an_abbreviation_of_loss_dist_impl():
     assert params.parse_args(BASE).loss == registry.DEFAULT_LOSS == "clip"
 
 
+def test_the_clip_weight_default_is_the_validated_mix_for_xsample_only(capsys):
+    """Absent, --xsample-clip-weight is 0.5 for --loss xsample (the validated setting, docs/validation.md)
+    and stays unset for the other losses, so --loss xclr, which has no image-text term, still refuses an
+    explicit weight; an explicit 0 gives the paper's pure soft target."""
+    assert params.parse_args([*BASE, "--loss", "xsample"]).xsample_clip_weight == 0.5
+    assert params.parse_args([*BASE, "--loss", "xsample", "--xsample-clip-weight", "0"]).xsample_clip_weight == 0.0
+    xclr = ["--loss", "xclr", "--xsample-views", "2", "--lock-text", "--lock-text-freeze-layer-norm"]
+    assert params.parse_args([*BASE, *xclr]).xsample_clip_weight is None
+    assert params.parse_args([*BASE, "--loss", "clip"]).xsample_clip_weight is None
+    err = refused(capsys, *xclr, "--xsample-clip-weight", "0.5")
+    assert "--xsample-clip-weight belongs to --loss xsample" in err
+    # a schedule moves the default weight without a further flag
+    assert params.parse_args([*BASE, "--loss", "xsample", "--epochs", "3", "--xsample-clip-weight-schedule",
+                              "linear-down"]).xsample_clip_weight == 0.5
+
+
 def test_stock_parser_alone_would_silently_train_clip():
     """Why the patch exists: OpenCLIP's own parser takes --loss as --loss-dist-impl."""
     stock = params.parse_args.__wrapped__([*BASE, "--loss", "xsample"])

@@ -153,11 +153,26 @@ def refusal(capsys, root, *argv, **kw):
 
 def test_resume_with_other_xsample_settings_is_refused_naming_each_change(root, capsys):
     err = refusal(capsys, root, "--resume", "latest", "--loss", "xsample", "--xsample-tau-s", "0.4",
-                  "--xsample-clip-weight", "0.5")
+                  "--xsample-clip-weight", "0.3")
     assert "--xsample-tau-s: 0.2 in that run, 0.4 now" in err
-    assert "--xsample-clip-weight: 0.0 in that run, 0.5 now" in err
+    assert "--xsample-clip-weight: 0.5 in that run, 0.3 now" in err  # 0.5: the run had the package default
     assert str(root / "logs" / "killed" / "params.txt") in err
     assert "--resume-allow-loss-changes" in err and "new --name" in err
+
+
+def test_resume_of_a_run_from_before_the_clip_weight_default_changed_is_refused(root, capsys):
+    """A run trained when --xsample-clip-weight defaulted to 0 (params.txt: 0.0) must not continue with
+    today's default 0.5 unless asked: the message names the flag and both values."""
+    old = root / "logs" / "old-default"
+    shutil.copytree(root / "logs" / "killed", old)
+    params = (old / "params.txt").read_text()
+    assert "xsample_clip_weight: 0.5\n" in params
+    (old / "params.txt").write_text(params.replace("xsample_clip_weight: 0.5\n", "xsample_clip_weight: 0.0\n"))
+    err = refusal(capsys, root, "--resume", "latest", "--loss", "xsample", "--xsample-tau-s", "0.2", name="old-default")
+    assert "--xsample-clip-weight: 0.0 in that run, 0.5 now" in err
+    args = parse(root, "--resume", "latest", "--loss", "xsample", "--xsample-tau-s", "0.2", "--xsample-clip-weight",
+                 "0", name="old-default")
+    assert args.xsample_clip_weight == 0.0  # given again, the run continues with its own weight
 
 
 def test_resume_that_forgets_the_loss_is_refused_instead_of_training_plain_clip(root, capsys):

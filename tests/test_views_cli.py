@@ -156,7 +156,8 @@ def test_xsample_two_views_with_image_term_first_loss_is_the_formula(setup):
     run_dir = run(setup, "one-xsample-views", N, "--loss", "xsample", "--xsample-tau-s", str(TAU_S),
                   "--xsample-views", "2", "--xsample-image-weight", str(w), epochs=1)
     z, txt, scale = setup["img"], setup["txt"], setup["scale"]
-    image_text = cr.xsample_loss(z, txt, scale, setup["captions"], TAU_S)  # identical views: the one-view term
+    image_text = cr.xsample_loss(z, txt, scale, setup["captions"], TAU_S,  # identical views: the one-view term
+                                 clip_weight=cr.DEFAULT_CLIP_WEIGHT)
     image_image = xclr_reference(z, z, setup["captions"], TAU_S, 1.0 / scale)
     assert cr.logged_losses(run_dir)[0] == pytest.approx(image_text + w * image_image, rel=2e-4)
 

@@ -8,6 +8,8 @@ typed Protocols, in the way pluggy writes hook specifications:
 ``LossPlugin`` (the entry point):
     name, flag_groups                   its flags, in groups that several plugins may share
     validate(args) -> [problem]         checks of the parsed flags alone, on every rank, at parsing
+                                        (first it may set a shared flag left at None to its own
+                                        default, so params.txt and the resume check see a number)
     startup(args, resumed) -> StartupResult
                                         file and data checks, run once on rank 0 after the process group
                                         exists and before the log folder is made (``resumed``: the

@@ -10,8 +10,8 @@ class-caption runs, the captions differ):
 | ``xclr`` | ``--loss xclr`` (caption graph) | emoji captions | probe |
 | ``xclr-class`` | ``--loss xclr`` (class graph, the paper's ImageNet setting) | class captions | probe |
 | ``supcon`` | ``--loss xclr --xsample-tau-s 1e-4`` (= SupCon's L_out: identical captions tie exactly) | class captions | probe |
-| ``xsample`` | ``--loss xsample`` (one view) | emoji captions | probe + zero-shot |
-| ``xsample-2v`` | ``--loss xsample --xsample-views 2 --xsample-image-weight W`` | emoji captions | probe + zero-shot |
+| ``xsample`` | ``--loss xsample --xsample-clip-weight 0`` (one view, soft target only) | emoji captions | probe + zero-shot |
+| ``xsample-2v`` | the same with ``--xsample-views 2 --xsample-image-weight W`` | emoji captions | probe + zero-shot |
 
 The image-image runs use two views and a frozen text tower (``--lock-text --lock-text-freeze-layer-norm``);
 their text tower stays the random initial one, so their zero-shot numbers mean nothing and are left out
@@ -44,6 +44,9 @@ CLASS_TAU_S = 0.1
 #: does not make a default.
 TEMPERATURE = 0.2
 IMAGE_ONLY = ("--xsample-views", "2", "--lock-text", "--lock-text-freeze-layer-norm")
+#: The image-text X-Sample runs of this family use the paper's pure soft target (no hard-target mix, the
+#: package's --xsample-clip-weight default since docs/results.md §8): the paper's formula, and §7's runs.
+SOFT_ONLY = ("--xsample-clip-weight", "0")
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,9 @@ def paper_losses(options: PaperOptions = PaperOptions()) -> List[PaperLoss]:
                                  *views), "class", False, True),
         PaperLoss("supcon", ("--loss", "xclr", *IMAGE_ONLY, *t, "--xsample-tau-s", repr(SUPCON_TAU_S), *views),
                   "class", False, True),
-        PaperLoss("xsample", ("--loss", "xsample", *tau), "captions", True, False),
-        PaperLoss("xsample-2v", ("--loss", "xsample", *tau, "--xsample-views", "2", "--xsample-image-weight",
-                                 repr(options.image_weight), *views), "captions", True, True),
+        PaperLoss("xsample", ("--loss", "xsample", *tau, *SOFT_ONLY), "captions", True, False),
+        PaperLoss("xsample-2v", ("--loss", "xsample", *tau, *SOFT_ONLY, "--xsample-views", "2",
+                                 "--xsample-image-weight", repr(options.image_weight), *views), "captions", True, True),
     ]
 
 
