@@ -194,3 +194,16 @@ def test_zero_shot_sets_are_class_balanced(small):
         tar = tarfile.open(small.eval_sets[name] / "test" / "0.tar")
         counts = collections.Counter(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".cls"))
         assert len(counts) == len(small.classnames) and len(set(counts.values())) == 1, name
+
+
+def test_a_larger_evaluation_set_leaves_the_training_bytes_alone(small, manifest, tmp_path):
+    """``--eval-scale`` grows the held-out sets only: the training shards and images are the same files, so
+    a study with a larger evaluation set trains the same models."""
+    bigger = build_demo_data(tmp_path / "bigger", seed=0,
+                             **{**SMALL, "cls_images_per_class": 8, "bg_images_per_class": 4})
+    train = {k: v for k, v in _tree_digest(small.root).items() if k.startswith("train")}
+    assert len(train) > 1 and train == {k: v for k, v in _tree_digest(bigger.root).items() if k.startswith("train")}
+    sizes = json.loads(bigger.manifest_path.read_text())["eval_sets"]
+    for name, entry in manifest["eval_sets"].items():
+        grows = name.startswith(("emoji_cls", "emoji_bg"))
+        assert sizes[name]["num_samples"] == entry["num_samples"] * (2 if grows else 1), name

@@ -2,7 +2,9 @@
 pairs never occur in training, validation and test hold different unseen pairs, and each zero-shot
 set labels the same images by colour, shape and pair as clip_benchmark reads them."""
 import csv
+import json
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +66,35 @@ def test_same_seed_same_bytes(data, tmp_path):
         a = tarfile.open(data.eval_sets[name] / "test" / "0.tar")
         b = tarfile.open(again.eval_sets[name] / "test" / "0.tar")
         assert [a.extractfile(m).read() for m in a] == [b.extractfile(m).read() for m in b]
+
+
+def test_a_larger_evaluation_set_leaves_the_training_bytes_alone(data, tmp_path):
+    bigger = build_shapes_data(tmp_path / "bigger", seed=0, **{**SMALL, "eval_images": 4 * SMALL["eval_images"]})
+    train = lambda d: [(r["filepath"].rsplit("/", 1)[-1], r["title"]) for r in rows(d)]  # noqa: E731
+    assert train(bigger) == train(data)
+    for r_small, r_big in zip(rows(data), rows(bigger)):
+        assert Path(r_small["filepath"]).read_bytes() == Path(r_big["filepath"]).read_bytes()
+    manifest = json.loads(bigger.manifest_path.read_text())
+    assert all(entry["num_samples"] == 4 * SMALL["eval_images"] for entry in manifest["eval_sets"].values())
+
+
+def test_the_demo_flag_scales_the_held_out_sets_of_both_builders(monkeypatch, tmp_path, capsys):
+    import xsample_openclip.data as data_package
+    from xsample_openclip.data import shapes_data
+    from xsample_openclip.demo import datasets
+    from xsample_openclip.demo.cli import parse_args
+
+    assert parse_args(["--out", "x", "--eval-scale", "4"]).eval_scale == 4
+    assert parse_args(["--out", "x"]).eval_scale == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--eval-scale", "0"])
+    assert "expected an integer >= 1" in capsys.readouterr().err
+    assert datasets.data_folder(tmp_path, datasets.SHAPES, "pair", 0, 32, 4).name == "shapes-pair-eval4x-seed0-32px"
+    assert datasets.data_folder(tmp_path, datasets.SHAPES, "pair", 0, 32).name == "shapes-pair-seed0-32px"
+    seen = {}
+    monkeypatch.setattr(data_package, "build_demo_data", lambda folder, **kw: seen.setdefault("emoji", kw))
+    monkeypatch.setattr(shapes_data, "build_shapes_data", lambda folder, **kw: seen.setdefault("shapes", kw))
+    datasets.EMOJI.build(tmp_path, 0, 32, "default", 4)
+    datasets.SHAPES.build(tmp_path, 0, 32, "pair", 4)
+    assert seen["emoji"]["cls_images_per_class"] == 240 and seen["emoji"]["bg_images_per_class"] == 120  # 60, 30 x 4
+    assert seen["shapes"]["eval_images"] == 1440 and seen["shapes"]["caption_style"] == "pair"  # 360 x 4

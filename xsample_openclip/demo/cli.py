@@ -48,6 +48,13 @@ FAMILIES = {
 FAMILY_LR = {"softmax": 2.5e-4, "sigmoid": 5e-4, "paper": 2.5e-4}
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def parse_variant(text):
     """``NAME=FLAGS``: an X-Sample run named NAME with extra ``--xsample-*`` flags."""
     name, sep, flags = text.partition("=")
@@ -80,6 +87,10 @@ def parse_args(argv):
                    help="held-out sets to evaluate: val to choose settings, test to report (default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one run per loss each)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the data build and split")
+    p.add_argument("--eval-scale", type=_positive_int, default=1, metavar="K",
+                   help="K times the images of every held-out set (emoji: per class in the zero-shot and background "
+                        "sets; shapes: per split); the training data stay the same bytes. A larger set narrows "
+                        "the evaluation's share of the noise, not the training seeds' (docs/results.md §8)")
     p.add_argument("--family", choices=sorted(FAMILIES) + ["paper"], default="softmax",
                    help="softmax: CLIP vs X-Sample; sigmoid: SigLIP vs X-Sample SigLIP; paper: CLIP, SimCLR, "
                         "X-CLR (caption and class graphs), SupCon, X-Sample (one and two views), by linear probe")
@@ -164,6 +175,7 @@ def _train(args, data, out: Path):
 
 def _describe(args, settings, variants, losses):
     lines = [f"data: {args.dataset}" + (f" ({args.data_variant})" if args.data_variant != "default" else "")
+             + (f", held-out sets x{args.eval_scale}" if args.eval_scale != 1 else "")
              + f", split {args.split}; model {settings.model}, {settings.epochs} epochs, batch {settings.batch_size}, "
              f"lr {settings.lr}, wd {settings.wd}, warmup {settings.warmup}; seeds {args.seeds}"]
     if args.finetune:
@@ -188,8 +200,8 @@ def main(argv=None):
     dataset = DATASETS[args.dataset]
     model = args.model or FAMILIES["softmax" if args.family == "paper" else args.family][3]
     image_size = 32 if model.endswith("-32") else 64
-    data = dataset.build(data_folder(out, dataset, args.data_variant, args.data_seed, image_size), args.data_seed,
-                         image_size, args.data_variant)
+    data = dataset.build(data_folder(out, dataset, args.data_variant, args.data_seed, image_size, args.eval_scale),
+                         args.data_seed, image_size, args.data_variant, args.eval_scale)
     if args.family == "paper":
         from . import paper
 

@@ -38,7 +38,7 @@ class Headline:
 @dataclass(frozen=True)
 class DemoDataset:
     name: str
-    build: Callable  # (folder, data_seed, image_size, variant) -> DemoData
+    build: Callable  # (folder, data_seed, image_size, variant, eval_scale) -> DemoData
     headline: Tuple[Headline, ...]
     primary: Tuple[str, ...]  # headline labels averaged into the number that settings are chosen by
     variants: Tuple[str, ...] = ("default",)
@@ -54,17 +54,26 @@ class DemoDataset:
         return specs, gaps
 
 
-def _build_emoji(folder: Path, seed: int, image_size: int, variant: str):
+def _build_emoji(folder: Path, seed: int, image_size: int, variant: str, eval_scale: int = 1):
+    """``eval_scale`` K: K times the images per class of the zero-shot and background sets (renders of the
+    same held-out emoji: the number of distinct held-out emoji is fixed by the catalogue and the split)."""
     from ..data import build_demo_data
+    from ..data.params import DemoParams
 
     options = {"habitat_match_rate": 0.1} if variant == "decorrelated" else {}
+    if eval_scale != 1:
+        d = DemoParams()
+        options.update(cls_images_per_class=d.cls_images_per_class * eval_scale,
+                       bg_images_per_class=d.bg_images_per_class * eval_scale)
     return build_demo_data(folder, seed=seed, image_size=image_size, **options)
 
 
-def _build_shapes(folder: Path, seed: int, image_size: int, variant: str):
-    from ..data.shapes_data import build_shapes_data
+def _build_shapes(folder: Path, seed: int, image_size: int, variant: str, eval_scale: int = 1):
+    """``eval_scale`` K: K times the images of each split's unseen pairs."""
+    from ..data.shapes_data import ShapesParams, build_shapes_data
 
     return build_shapes_data(folder, seed=seed, image_size=image_size,
+                             eval_images=ShapesParams().eval_images * eval_scale,
                              caption_style="full" if variant == "default" else variant)
 
 
@@ -111,8 +120,8 @@ SHAPES = DemoDataset(
 DATASETS: Dict[str, DemoDataset] = {d.name: d for d in (EMOJI, SHAPES)}
 
 
-def data_folder(out: Path, dataset: DemoDataset, variant: str, seed: int, image_size: int) -> Path:
-    suffix = "" if variant == "default" else f"-{variant}"
+def data_folder(out: Path, dataset: DemoDataset, variant: str, seed: int, image_size: int, eval_scale: int = 1) -> Path:
+    suffix = ("" if variant == "default" else f"-{variant}") + ("" if eval_scale == 1 else f"-eval{eval_scale}x")
     return out / "data" / f"{dataset.name}{suffix}-seed{seed}-{image_size}px"
 
 

@@ -160,6 +160,7 @@ def reported_results(results_csv: Path, out_csv: Path, losses: Sequence[PaperLos
 
 def describe(args, settings: TrainSettings, losses: Sequence[PaperLoss], n_images: int) -> List[str]:
     lines = [f"data: emoji" + (f" ({args.data_variant})" if args.data_variant != "default" else "")
+             + (f", held-out sets x{args.eval_scale}" if args.eval_scale != 1 else "")
              + f", split {args.split}, {n_images} training images (fraction {args.data_fraction:g}); model "
              f"{settings.model}, {settings.epochs} epochs, batch {settings.batch_size}, lr {settings.lr}, wd "
              f"{settings.wd}, warmup {settings.warmup}; seeds {args.seeds}",
