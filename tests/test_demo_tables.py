@@ -1,4 +1,4 @@
-"""The per-seed files behind the results tables, and the tables regenerated from them alone (issue 17):
+"""The per-seed files behind the results tables, and the tables regenerated from them alone:
 every number is checked against a computation written here, with textbook t quantiles."""
 import csv
 import math
@@ -119,14 +119,17 @@ def test_the_demo_summary_writes_the_per_seed_file_its_table_comes_back_from(tmp
 
 def test_every_committed_per_seed_file_regenerates_a_table_printed_in_the_docs():
     """The docs' tables are the committed files' tables, row for row (a hand-edited or stale number fails):
-    each ``docs/results/*.csv`` regenerates a table whose every data row appears in ``docs/results.md``
-    or ``docs/validation.md``."""
+    each ``docs/studies/results/*.csv`` regenerates a table whose every data row appears in one of the study
+    pages ``docs/studies/*.md``."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    files = sorted((root / "docs" / "results").glob("*.csv"))
+    studies = root / "docs" / "studies"
+    files = sorted((studies / "results").glob("*.csv"))
     assert len(files) >= 5, files
-    docs = "\n".join((root / "docs" / name).read_text() for name in ("results.md", "validation.md"))
+    pages = sorted(studies.glob("*.md"))
+    assert {p.name for p in pages} >= {"results.md", "validation.md", "graph-study.md"}, pages
+    docs = "\n".join(page.read_text() for page in pages)
     printed = {line.strip() for line in docs.splitlines()}
     for path in files:
         rows = [line for line in tables.regenerate([path]).splitlines() if line.startswith("| ")]
