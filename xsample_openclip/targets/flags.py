@@ -15,11 +15,9 @@ from typing import Dict, List, Optional
 from ..registry import ALLOW_CHANGES_FLAG, StartupResult
 from .encoders import DEFAULT_ENCODER, resolve_encoder_path
 from .resume_tau import CALIBRATION_RECORD, GIVEN, calibration_record, resume_decision
+from .sampling import CALIBRATION_CAPTIONS, READ_SECONDS
 
 AUTO = "auto"
-#: Captions sampled (uniformly, seeded by --seed: ``sampling.py``) from the training data to calibrate
-#: ``--xsample-tau-s auto``.
-CALIBRATION_CAPTIONS = 2048
 #: The most training captions ``--xsample-check-captions`` may read at start-up; a full check is the
 #: separate command ``python -m xsample_openclip.precompute --check``.
 MAX_CHECK_CAPTIONS = 1_000_000
@@ -43,6 +41,7 @@ class CaptionTargetFlags:
     #: tau_s auto at self-mass 0.7: chosen on the validation splits of both demo data sets (docs/validation.md)
     defaults = {"xsample_tau_s": AUTO, "xsample_self_mass": 0.7, "xsample_encoder": None,
                 "xsample_embeddings": None, "xsample_cache_size": 100_000, "xsample_check_captions": 10_000,
+                "xsample_calibration_data": None,
                 "xsample_graph_centre": False, "xsample_graph_whiten": False, "xsample_graph_topk": None,
                 "xsample_clip_weight_schedule": "constant"}
 
@@ -58,7 +57,14 @@ class CaptionTargetFlags:
                  "--xsample-self-mass on the sample itself; the chosen value is logged and recorded in "
                  "params.txt. A resumed run keeps it; a resume that changes the self-mass or global batch, "
                  f"or whose params.txt cannot be found, is refused unless {ALLOW_CHANGES_FLAG} asks for "
-                 "a recalibration.")
+                 "a recalibration. Streamed --train-data (pipe:, http(s)://, gs://) is read through "
+                 f"webdataset's gopen, at most {READ_SECONDS} s (docs/tau-s.md).")
+        group.add_argument(
+            "--xsample-calibration-data", default=d["xsample_calibration_data"], metavar="PATH",
+            help="With --xsample-tau-s auto (or --xsample-graph-centre): sample the calibration captions "
+                 "from this data instead of --train-data (--train-data syntax: a CSV, or webdataset shards; "
+                 "--csv-caption-key and --csv-separator apply), e.g. a local copy of some training shards "
+                 "where the training data cannot be read at start-up. Recorded in params.txt.")
         group.add_argument(
             "--xsample-self-mass", type=float, default=d["xsample_self_mass"],
             help="With --xsample-tau-s auto: the share of each target row's mass on the sample itself, "
@@ -132,6 +138,9 @@ class CaptionTargetFlags:
                 f"--xsample-check-captions {args.xsample_check_captions} exceeds {MAX_CHECK_CAPTIONS:,}; "
                 "for a full check run `python -m xsample_openclip.precompute ... --check` before training")
         problems += self._graph_problems(args)
+        if args.xsample_calibration_data and tau != AUTO and not args.xsample_graph_centre:
+            problems.append(f"--xsample-calibration-data is read by --xsample-tau-s auto and --xsample-graph-centre; "
+                            f"with --xsample-tau-s {tau} it is unused: drop it")
         if args.dataset_type == "synthetic":
             problems.append("--dataset-type synthetic gives every sample the same caption, so X-Sample "
                             "targets are uniform and nothing is learned; use real captions")
@@ -278,8 +287,10 @@ class CaptionTargetFlags:
             return result
         if decision.keep is not None:
             result.updates.update(xsample_tau_s=decision.keep, **{CALIBRATION_RECORD: decision.record})
+            unused = (f"; --xsample-calibration-data {args.xsample_calibration_data} unused"
+                      if args.xsample_calibration_data else "")
             result.notes.append(f"X-Sample tau_s: {decision.keep!r}, kept from the run being resumed "
-                                f"({decision.record})")
+                                f"({decision.record}){unused}")
             return result
         return result.extend(self._calibrate_now(args, tokenizer, global_batch, decision.recalibrating, sample,
                                                  statistics))
@@ -403,19 +414,13 @@ class _SampleCache:
 
 
 def _draw_sample(flags, args, tokenizer) -> _Drawn:
-    from .sampling import sample_uniform
+    from .sampling import CalibrationDataError, calibration_sample
     from .table import MissingCaptionsError
 
     try:
-        sample = sample_uniform(args.train_data, CALIBRATION_CAPTIONS, args.seed, args.dataset_type,
-                                args.csv_caption_key, args.csv_separator)
-    except ValueError as err:
-        return _Drawn(problem=f"--xsample-tau-s auto could not read the training captions of "
-                              f"--train-data {args.train_data}: {err}")
-    if len(sample.captions) < 2:
-        return _Drawn(problem=(
-            "--xsample-tau-s auto needs training captions to calibrate on, but fewer than 2 could be read "
-            f"locally from --train-data {args.train_data}; pass a number, e.g. --xsample-tau-s 0.1"))
+        sample = calibration_sample(args)
+    except CalibrationDataError as err:
+        return _Drawn(problem=str(err))
     if tokenizer is None:
         return _Drawn(problem=f"--xsample-tau-s auto: no tokenizer for --model {args.model}")
     embedder, _ = flags.build_embedder(args, tokenizer=tokenizer, raw=True)
