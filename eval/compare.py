@@ -5,8 +5,8 @@
 
 Every evaluation is clip_benchmark 1.6.2 run in this process (the linear probe through ``linear_probe``,
 its protocol without its CUDA-only lines, so it runs on a CPU too); this module only plans them, skips the ones
-whose result JSON exists for the same checkpoint content (``checkpoints``), and summarises (results.csv,
-report.md, comparison.png). ``compare()`` is the same thing as a Python API, for any list of DatasetSpecs
+whose result JSON exists for the same checkpoint content (``checkpoints``), set content and task settings
+(``inputs``), and summarises (results.csv, report.md, comparison.png). ``compare()`` is the same thing as a Python API, for any list of DatasetSpecs
 (e.g. custom ``wds/`` sets).
 """
 import argparse
@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import List
 
-from . import checkpoints, models, plot, report, results, runner
+from . import checkpoints, inputs, models, plot, report, results, runner
 from .benchmark import device_and_amp
 from .layouts import attach_probe_train, imagenet_specs, in9_specs, wds_specs  # noqa: F401  (the API)
 from .linear_probe import ProbeSettings, check_clip_benchmark
@@ -144,7 +144,9 @@ def compare(model, runs, datasets, tasks=("zeroshot",), out="eval-results", bg_g
     probe: linear-probe ProbeSettings (default: clip_benchmark's defaults, 20 % of the training images
     held out for the weight-decay search); the probe trains on each set's ``train_root`` or own train split.
     Evaluations whose result JSON exists are skipped, unless the run's checkpoint content changed since
-    (then all of the run's evaluations are redone, with a note; see ``checkpoints``). Raises SetupError
+    (then all of the run's evaluations are redone, with a note; see ``checkpoints``), or the set's content
+    or the task's settings differ from those the result records (then it is redone, with a note; see
+    ``inputs``). Raises SetupError
     before evaluating on bad input, including a run name whose results in ``out`` are another checkpoint's.
     """
     runs, tasks, datasets, notes = _as_runs(runs), _as_tasks(tasks), list(datasets), list(notes)
@@ -157,13 +159,14 @@ def compare(model, runs, datasets, tasks=("zeroshot",), out="eval-results", bg_g
     if LINEAR_PROBE in tasks:
         check_clip_benchmark()
     device, amp = device_and_amp(amp)
-    plan = runner.plan(runs, datasets, tasks, out, device, notes)
+    settings = inputs.TaskSettings(amp=amp, recall_k=tuple(recall_k), probe=probe)
+    plan = runner.plan(runs, datasets, tasks, out, settings, notes)
     if not plan:
         raise SetupError("nothing to evaluate: " + ("; ".join(notes) or f"no dataset supports the tasks {tasks}"))
     records, stale = checkpoints.check(out, model, runs)
     os.makedirs(out, exist_ok=True)
     _record_runs(out, records, stale, notes)
-    pending = [e for e in plan if not runner.done(e)]
+    pending = runner.pending(plan, notes)
     if len(pending) < len(plan):
         log.info("%d of %d evaluations already have results in %s", len(plan) - len(pending), len(plan), out)
     runner.execute(pending, model, out, batch_size, num_workers, amp, recall_k, device, probe)
@@ -198,7 +201,8 @@ def build_parser():
         prog=f"python -m {__package__}.compare", description=__doc__.split("\n\n")[0],
         epilog="Datasets whose root is not given are skipped with a note; nothing is ever downloaded. "
                "Re-running with the same --out skips evaluations that already have a result JSON, unless "
-               "the run's checkpoint content changed since (then they are recomputed, with a note).")
+               "the run's checkpoint content, the set's content or the task's settings changed since (then "
+               "they are recomputed, with a note).")
     p.add_argument("--model", required=True,
                    help="registered OpenCLIP model name (incl. xs-tiny-vit-32/64) or local-dir:DIR")
     p.add_argument("--run", action="append", required=True, type=_argument(parse_run), metavar="NAME=CHECKPOINT",

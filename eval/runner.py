@@ -2,29 +2,35 @@
 
 Each evaluation is one clip_benchmark call (or, for the mapped IN-9 score, ``mapped.evaluate_mapped``, and
 for the linear probe, clip_benchmark's protocol on any device, ``probe_run``);
-its result JSON is the record of it being done, which is what makes re-running cheap. Everything derived
+its result JSON is the record of it being done, which is what makes re-running cheap. A result is reused
+only if it records the same inputs (the set's content and the task's settings, ``inputs``) as the
+evaluation planned now; one that differs is recomputed, with a note saying why. Everything derived
 from a run's checkpoint lives under paths named after the run (``result_dir``, ``classifier_path``,
 ``feature_root``), so ``forget`` can drop it all when the checkpoint changes.
 """
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 
-from . import checkpoints, mapped, models, results
+from . import checkpoints, inputs, mapped, models, results
 from .benchmark import clip_benchmark_argv, read_result, run_clip_benchmark
 from .probe_run import ProbeRun
 from .specs import IN1K_TO_IN9, LINEAR_PROBE, ZEROSHOT_CLASSIFICATION, DatasetSpec, Run
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Evaluation:
-    """One (run, dataset, task) and the JSON it writes."""
+    """One (run, dataset, task), the JSON it writes and the inputs that JSON must record to be reused."""
 
     run: Run
     spec: DatasetSpec
     task: str
     output: str
+    inputs: dict
 
 
 def result_dir(out, run_name):
@@ -55,16 +61,20 @@ def forget(out, run_name):
     return found
 
 
-def plan(runs, datasets, tasks, out, device, notes):
-    """Every evaluation to have a result for, ImageNet-1k zero-shot first (it saves the shared classifier)."""
+def plan(runs, datasets, tasks, out, settings, notes):
+    """Every evaluation to have a result for, ImageNet-1k zero-shot first (it saves the shared classifier).
+
+    ``settings``: ``inputs.TaskSettings``; each set's content key is computed here, once per split.
+    """
     if LINEAR_PROBE in tasks:
         notes.extend(dict.fromkeys(n for d in datasets for n in d.notes if n not in notes))
-    evaluations = []
+    identities, evaluations = inputs.SetIdentities(), []
     for run in runs:
         for spec in datasets:
             for task in (t for t in tasks if t in spec.tasks):
                 output = os.path.join(result_dir(out, run.name), f"{results.slug(spec.name)}__{task}.json")
-                evaluations.append(Evaluation(run, spec, task, output))
+                evaluations.append(Evaluation(run, spec, task, output,
+                                              inputs.expected(identities, settings, spec, task)))
     evaluations.sort(key=lambda e: (runs.index(e.run), not _builds_in1k_classifier(e)))
     return evaluations
 
@@ -75,16 +85,38 @@ def _builds_in1k_classifier(evaluation):
             and spec.classnames is None)
 
 
-def done(evaluation):
-    """A result exists and reads; a truncated one (an interrupted run) is removed so it is redone."""
+def _why_redo(evaluation):
+    """None if the existing result can be reused, else why not: '' when there is no readable result (none
+    yet, or one truncated by an interrupted run), else the difference of its recorded inputs."""
     if not os.path.isfile(evaluation.output):
-        return False
+        return ""
     try:
-        read_result(evaluation.output)
-        return True
+        result = read_result(evaluation.output)
     except (ValueError, KeyError):
-        os.remove(evaluation.output)
-        return False
+        return ""
+    return inputs.difference(result.get(inputs.KEY), evaluation.inputs, evaluation.spec.name)
+
+
+def pending(evaluations, notes):
+    """The evaluations without a result to reuse. A result for other inputs is removed (clip_benchmark
+    skips an existing output file), and why it is recomputed goes to the log and, once per set and
+    reason, to ``notes``."""
+    todo, redone = [], {}
+    for e in evaluations:
+        reason = _why_redo(e)
+        if reason is None:
+            continue
+        if os.path.isfile(e.output):
+            os.remove(e.output)
+        todo.append(e)
+        if reason:
+            log.info("%s · %s · %s: recomputing, as %s", e.run.name, e.spec.name, e.task, reason)
+            redone.setdefault((e.spec.name, reason), []).append(e)
+    for (name, reason), redo in redone.items():
+        note = f"{name}: {len(redo)} result(s) recomputed, as {reason}"
+        log.warning(note)
+        notes.append(note)
+    return todo
 
 
 def _classnames_file(out, spec):
@@ -120,6 +152,7 @@ def execute(pending, model, out, batch_size, num_workers, amp, recall_k, device,
                 progress.set_postfix_str(f"{run.name} · {e.spec.name} · {e.task}")
                 os.makedirs(os.path.dirname(e.output), exist_ok=True)
                 prober.evaluate(e.spec, e.output)
+                inputs.record(e.output, e.inputs)
                 progress.update()
         for e in (e for e in pending if e.run == run and e.task not in (IN1K_TO_IN9, LINEAR_PROBE)):
             progress.set_postfix_str(f"{run.name} · {e.spec.name} · {e.task}")
@@ -132,6 +165,7 @@ def execute(pending, model, out, batch_size, num_workers, amp, recall_k, device,
                 save_clf=classifier if shared and not os.path.isfile(classifier) else None,
                 load_clf=classifier if shared and os.path.isfile(classifier) else None, recall_k=recall_k)
             run_clip_benchmark(argv)
+            inputs.record(e.output, e.inputs)
             progress.update()
         todo = [e for e in pending if e.run == run and e.task == IN1K_TO_IN9]
         if todo:
@@ -141,5 +175,7 @@ def execute(pending, model, out, batch_size, num_workers, amp, recall_k, device,
             mapped.evaluate_mapped(model_name=cb_model, pretrained=pretrained, specs=[e.spec for e in todo],
                                    outputs={e.spec.name: e.output for e in todo}, classifier_path=classifier,
                                    batch_size=batch_size, num_workers=num_workers, amp=amp)
+            for e in todo:
+                inputs.record(e.output, e.inputs)
             progress.update(len(todo))
     progress.close()
