@@ -15,7 +15,7 @@ import sys
 
 from xsample_openclip import registry
 
-from .version import changed_sources, unsupported_version_message
+from .version import changed_sources, release_refusals, unsupported_version_message
 
 
 @contextlib.contextmanager
@@ -29,7 +29,7 @@ def _plugin_flags_on_next_parser():
         plugin = registry.load_plugin(parsed.loss)
         problems = list(plugin.validate(parsed))
         if parsed.loss != registry.DEFAULT_LOSS:
-            problems = changed_sources() + problems
+            problems = changed_sources() + release_refusals(parsed) + problems
         if problems:
             parser.exit(2, f"{parser.prog}: error: " + "\n  ".join(problems) + "\n")
         parsed.loss_run = registry.LossRun(plugin)

@@ -1,14 +1,31 @@
-"""The version gate lists every OpenCLIP function the patches rely on, with the hash of the installed
-open-clip-torch 3.3.0 source: a wrong hash, or a patched function left out of the gate, fails here."""
+"""The version gate: a supported range of OpenCLIP releases, one table of relied-on sources per release.
+
+Checked against the installed OpenCLIP (the CI legs install each supported release in turn): its
+release is in the range and has a table, every gated hash is its source (or it lacks what the table
+says it lacks), nothing is refused; every table covers exactly the gated entries; every function
+``patches/`` wraps, and every function of ``open_clip.transform`` the two views are made of, is gated;
+a release outside the range or a changed source is refused naming the function and the range; the
+3.0.0 shim refuses ``--lock-text`` (so ``--loss xclr``) there, before any step, and only there."""
+import argparse
 import hashlib
 import importlib
+import importlib.metadata
 import inspect
+import re
+import subprocess
+import sys
 
 import open_clip
 import pytest
 
-from xsample_openclip import patches
-from xsample_openclip.patches import version
+import cli_runs as cr
+from xsample_openclip import SUPPORTED_OPEN_CLIP, patches
+from xsample_openclip.patches import openclip_3_0_0, version
+
+pytestmark = pytest.mark.openclip_compat
+
+RELEASES = ("3.0.0", "3.1.0", "3.2.0", "3.3.0")  # every release of the range on PyPI when written
+INSTALLED = open_clip.__version__
 
 
 def stock_source(module_name, path):
@@ -21,22 +38,82 @@ def stock_source(module_name, path):
     return inspect.getsource(obj)
 
 
-def test_the_installed_open_clip_is_the_gated_release():
-    assert open_clip.__version__ == "3.3.0"
+def has_attr_path(module_name, path):
+    obj = importlib.import_module(module_name)
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+# --- the installed release -----------------------------------------------------------------------------
+
+def test_the_installed_open_clip_is_a_supported_release_with_its_own_table():
+    # the legs put an older release first on sys.path: the package metadata must agree with the module
+    assert importlib.metadata.version("open_clip_torch") == INSTALLED
+    assert INSTALLED in version.SOURCES and version.reference_release() == INSTALLED
+    assert version.unsupported_version_message() is None
 
 
 @pytest.mark.parametrize("entry", sorted(version.GATED), ids=lambda e: f"{e[0]}.{e[1]}")
-def test_each_gated_hash_is_the_installed_3_3_0_source(entry):
+def test_each_gated_hash_is_the_installed_source(entry):
     module_name, path = entry
-    expected = hashlib.sha256(stock_source(module_name, path).encode()).hexdigest()
-    assert version.GATED[entry].sha256 == expected
-    assert version.GATED[entry].relied_on_by.strip()
+    expected = version.SOURCES[INSTALLED][entry]
+    if expected == version.ABSENT:
+        assert not has_attr_path(module_name, path)
+    else:
+        assert hashlib.sha256(stock_source(module_name, path).encode()).hexdigest() == expected
 
 
-def test_nothing_is_refused_with_the_installed_3_3_0():
+def test_nothing_is_refused_with_the_installed_release():
     patches.install()
     assert version.changed_sources() == []
 
+
+def test_a_training_subprocess_sees_the_same_release(tmp_path):
+    """What the CLI runs of a leg train with: the subprocess imports the same OpenCLIP as this process."""
+    code = "import open_clip, importlib.metadata as m; print(open_clip.__version__, m.version('open_clip_torch'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.split() == [INSTALLED, INSTALLED]
+
+
+# --- the tables ------------------------------------------------------------------------------------------
+
+def test_the_range_and_its_tables():
+    assert SUPPORTED_OPEN_CLIP == ">=3.0,<3.4"
+    assert version.supported_bounds() == ((3, 0), (3, 4))
+    assert version.supported_text() == "open-clip-torch 3.0.0 through 3.3.x"
+    assert tuple(sorted(version.SOURCES)) == RELEASES
+    assert set(version.SHIMS) <= set(version.SOURCES)
+    for release in RELEASES:
+        assert version.reference_release(release) == release
+    assert version.reference_release("3.3.1") == "3.3.0"  # a later patch release: its series' newest table
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_every_table_covers_exactly_the_gated_entries(release):
+    table = version.SOURCES[release]
+    assert set(table) == set(version.GATED)
+    assert all(h == version.ABSENT or re.fullmatch(r"[0-9a-f]{64}", h) for h in table.values())
+    assert all(text.strip() for text in version.GATED.values())
+
+
+def test_the_tables_differ_where_the_releases_differ():
+    """What a diff of the wheels shows (the documented differences, no other)."""
+    def diff(a, b):
+        return {e for e in version.GATED if version.SOURCES[a][e] != version.SOURCES[b][e]}
+
+    assert diff("3.2.0", "3.3.0") == {("open_clip_train.train", "evaluate"), ("open_clip_train.main", "main"),
+                                      ("open_clip.transform", "image_transform"),
+                                      ("open_clip.transform", "MaybeConvertMode"),
+                                      ("open_clip.transform", "MaybeToTensor")}
+    assert diff("3.1.0", "3.2.0") == set()
+    assert diff("3.0.0", "3.1.0") == {("open_clip.model", "CLIP.lock_text_tower"),
+                                      ("open_clip.transformer", "lock_text_tower")}
+
+
+# --- what must be gated -------------------------------------------------------------------------------------
 
 def test_every_patched_open_clip_function_is_gated():
     """What patches/ wraps (marked by _patch_attr) must be gated; a new wrapper needs its GATED entry."""
@@ -55,10 +132,99 @@ def test_every_patched_open_clip_function_is_gated():
         assert needed in version.GATED
 
 
-def test_a_wrong_hash_is_reported_with_the_function_and_the_fix():
+#: Called while OpenCLIP builds its transforms, but deciding only the image size, mean and std (the
+#: model's preprocessing, as in stock training), not what a view's augmentation means.
+PREPROCESS_ONLY = {"PreprocessCfg", "merge_preprocess_dict", "merge_preprocess_kwargs"}
+
+
+def test_the_augmentation_code_the_views_rely_on_is_gated():
+    """Every function of open_clip.transform that runs while OpenCLIP builds the train transform from the
+    two views' aug_cfg, and while that transform makes views, is gated (recorded with a profiler)."""
+    import numpy as np
+    from PIL import Image
+
+    from open_clip import transform
+    from xsample_openclip import model_configs
+    from xsample_openclip.views import SIMCLR_AUG
+
+    model_configs.register()
+    called = set()
+
+    def record(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename == transform.__file__:
+            called.add(frame.f_code.co_qualname.split(".")[0])
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    sys.setprofile(record)
+    try:
+        _, train, _ = open_clip.create_model_and_transforms(cr.MODEL, aug_cfg=dict(SIMCLR_AUG))
+        for _ in range(20):  # jitter p=0.8, grayscale p=0.2: both run
+            train(image)
+    finally:
+        sys.setprofile(None)
+    assert {"image_transform", "color_jitter", "gray_scale"} <= called  # the recorder saw the work
+    gated = {path.split(".")[0] for module, path in version.GATED if module == "open_clip.transform"}
+    assert called - PREPROCESS_ONLY <= gated, f"not gated: {sorted(called - PREPROCESS_ONLY - gated)}"
+    assert {"AugmentationCfg", "image_transform"} <= gated  # the dataclass's __init__ is generated code
+
+
+# --- refusals -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("release", ["2.32.0", "2.24.0", "3.4.0", "4.0.0", "3.4.0.dev0", "not installed"])
+def test_a_release_outside_the_range_is_refused_naming_the_range(monkeypatch, release):
+    monkeypatch.setattr(version, "installed_open_clip_version", lambda: release)
+    message = version.unsupported_version_message()
+    assert f"open-clip-torch {release} is installed" in message
+    assert "open-clip-torch 3.0.0 through 3.3.x" in message
+    assert "pip install 'open-clip-torch[training]>=3.0,<3.4'" in message
+    assert version.changed_sources() == [message]
+
+
+def test_a_wrong_hash_is_reported_with_the_function_and_the_range():
     entry = ("open_clip_train.train", "evaluate")
-    wrong = {entry: version.GATED[entry]._replace(sha256="0" * 64)}
+    wrong = {INSTALLED: {**version.SOURCES[INSTALLED], entry: "0" * 64}}
     [message] = version.changed_sources(wrong)
-    assert message.startswith("open_clip_train.train.evaluate in open-clip-torch 3.3.0 is not the 3.3.0 code")
+    assert message.startswith(f"open_clip_train.train.evaluate in open-clip-torch {INSTALLED} is not the "
+                              f"open-clip-torch {INSTALLED} code")
     assert "patches/evaluation.py" in message and "expected 000000000000" in message
-    assert "install 'open-clip-torch[training]==3.3.0'" in message
+    assert "supports open-clip-torch 3.0.0 through 3.3.x" in message
+    assert "'open-clip-torch[training]>=3.0,<3.4'" in message and "--loss clip still runs" in message
+
+
+def test_an_attribute_a_table_calls_absent_but_present_is_refused():
+    entry = ("open_clip.transform", "image_transform")
+    [message] = version.changed_sources({INSTALLED: {**version.SOURCES[INSTALLED], entry: version.ABSENT}})
+    assert message.startswith("open_clip.transform.image_transform in open-clip-torch") and "expected absent" in message
+
+
+def xclr_args(model=cr.MODEL):
+    return argparse.Namespace(model=model, lock_text=True, force_custom_text=False)
+
+
+def test_the_3_0_0_shim_refuses_lock_text_for_models_built_as_clip_only():
+    [message] = openclip_3_0_0.refusals(xclr_args())
+    assert f"--lock-text with --model {cr.MODEL}" in message and "no lock_text_tower" in message
+    assert "'open-clip-torch[training]>=3.1,<3.4'" in message and "--loss xclr" in message
+    assert openclip_3_0_0.refusals(argparse.Namespace(model=cr.MODEL, lock_text=False)) == []
+    forced = argparse.Namespace(model=cr.MODEL, lock_text=True, force_custom_text=True)
+    assert openclip_3_0_0.refusals(forced) == []  # CustomTextCLIP has lock_text_tower in 3.0.0
+    assert openclip_3_0_0.refusals(xclr_args("local-dir:/nowhere")) != []  # class unknown at parsing
+
+
+XCLR = ["--train-data", "x.csv", "--model", cr.MODEL, "--device", "cpu", "--loss", "xclr", "--xsample-views",
+        "2", "--lock-text", "--lock-text-freeze-layer-norm", "--xsample-tau-s", "0.2", "--name", "gate"]
+
+
+def test_xclr_is_refused_before_any_step_on_3_0_0_and_parses_elsewhere(tmp_path):
+    """Through main: on 3.0.0 the refusal, exit 2 and no log folder; on every other release the run's
+    arguments pass parsing (the xclr training runs of the leg check the rest)."""
+    if INSTALLED == "3.0.0":
+        proc = subprocess.run([sys.executable, "-m", "open_clip_train.main", *XCLR], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "open-clip-torch 3.0.0's CLIP has no lock_text_tower" in proc.stderr
+        assert not (tmp_path / "logs").exists()
+    else:
+        from open_clip_train import params
+
+        assert params.parse_args(XCLR).loss == "xclr"
+        assert openclip_3_0_0.refusals(params.parse_args(XCLR)) != []  # what 3.0.0 would refuse
