@@ -136,3 +136,31 @@ def test_every_committed_per_seed_file_regenerates_a_table_printed_in_the_docs()
         assert len(rows) >= 3, path
         missing = [line for line in rows if line.strip() not in printed]
         assert not missing, f"{path.name}: rows not in the docs (regenerate the table): {missing[:2]}"
+
+
+def test_the_forest_figure_shows_the_tables_paired_differences(tmp_path):
+    """``demo.forest`` reads the per-seed file the table comes from: its mean and interval are the table's Δ
+    cell, and it refuses a column the file lacks."""
+    from pathlib import Path
+
+    from xsample_openclip.demo import forest
+
+    path = tmp_path / "study.csv"
+    path.write_text(PER_SEED)
+    row = forest.paired_row("top-1", path, "zero-shot")
+    mean, sd, lo, hi = expected_delta([2.5, 1.0, 5.0])
+    assert (row.mean, row.low, row.high) == pytest.approx((mean, lo, hi), abs=1e-3)  # t printed to 3 decimals
+    assert row.per_seed == pytest.approx([2.5, 1.0, 5.0]) and not row.lower_is_better
+    gap = forest.paired_row("gap", path, "BG-Gap")
+    assert gap.lower_is_better and gap.per_seed == pytest.approx([-10.0, -7.0])
+    with pytest.raises(ValueError, match="no column starts with 'recall'"):
+        forest.paired_row("x", path, "recall")
+    assert forest.main(["--out", str(tmp_path / "f.png"), "--row", "top-1", str(path), "zero-shot"]) == 0
+    assert (tmp_path / "f.png").stat().st_size > 1000
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "studies" / "results"
+    row = forest.paired_row("emoji", committed / "graph-test-emoji.csv", "zero-shot top-1")
+    table = tables.regenerate([committed / "graph-test-emoji.csv"])
+    assert f"{row.mean:+.1f} ± " in cells(table, "zero-shot top-1, 10 concepts")[2]
+    assert f"[{row.low:+.1f}, {row.high:+.1f}]" in cells(table, "zero-shot top-1, 10 concepts")[2]
+    assert (committed / "verdict.png").exists()
