@@ -182,6 +182,23 @@ def test_training_through_main_on_pipe_shards_calibrates_like_local_paths(tmp_pa
     log = (tmp_path / "logs" / "pipe" / "out.log").read_text()
     assert f"X-Sample tau_s calibrated: {reference.xsample_tau_s:.6g}" in log
     assert len(re.findall(r"Train Epoch: 0 \[", log)) >= 2  # it trained
+    assert logged["xsample_calibration_data"] == "None"
+
+    # resume: calibration data follows the tau_s rules (kept at the same self-mass and batch, unused;
+    # read when a recalibration is asked for)
+    def resume(*extra):
+        args = params.parse_args([*argv, "--logs", str(tmp_path / "logs"), "--name", "pipe", "--resume", "latest",
+                                  "--xsample-calibration-data", wds_data, *extra])
+        distributed.init_distributed_device(args)
+        return args, " ".join(args.loss_run.notes)
+
+    args, notes = resume()
+    assert args.xsample_tau_s == reference.xsample_tau_s
+    assert f"kept from the run being resumed ({logged['xsample_tau_s_calibration']}); --xsample-calibration-data " \
+           f"{wds_data} unused" in notes
+    args, notes = resume("--batch-size", "8", "--resume-allow-loss-changes")
+    assert "RECALIBRATED on resume" in notes and f"from --xsample-calibration-data {wds_data}" in notes
+    assert args.xsample_tau_s_calibration.startswith("auto: self-mass 0.7, global batch 8;")
 
     refused = subprocess.run([sys.executable, "-m", "open_clip_train.main", *argv, "--name", "refused",
                               "--train-data", "http://127.0.0.1:9/{000000..000001}.tar"], cwd=tmp_path, env=env,
