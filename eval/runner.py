@@ -137,9 +137,9 @@ def _probe_run(model, cb_model, pretrained, run, out, device, amp, batch_size, n
 
 def execute(pending, model, out, batch_size, num_workers, amp, recall_k, device, probe_settings=None):
     """Run the pending evaluations; all IN-9 mapped ones of a run share one model load, and so do its probes."""
-    from tqdm import tqdm
+    from xsample_openclip.progress import progress_bar
 
-    progress = tqdm(total=len(pending), desc="evaluations", unit="eval")
+    progress = progress_bar(total=len(pending), desc="evaluations", unit="eval")
     for run in dict.fromkeys(e.run for e in pending):
         cb_model, pretrained = models.model_for_run(model, run, out)
         classifier = classifier_path(out, run.name)

@@ -129,7 +129,7 @@ def test_duplicate_captions_share_the_target_evenly():
 @pytest.mark.parametrize("clip_weight", [0.0, 0.5])
 def test_repeated_captions_with_their_own_text_features_make_clip_loss_the_small_tau_limit(clip_weight):
     """Why X-Sample trains exactly like CLIP on captions that repeat verbatim (the shapes `pair` style,
-    docs/results.md §8): identical captions give identical text features, so in CLIP's one-hot CE the
+    docs/studies/results.md §8): identical captions give identical text features, so in CLIP's one-hot CE the
     columns of a caption's copies carry equal logits and the rows of its copies are equal; summed over a
     caption's copies, one-hot and the uniform target over the copies give the same loss and gradients,
     and so does any mix of the two (the hard-target weight, 0.5 by default)."""

@@ -36,7 +36,7 @@ def test_loss_is_exact_and_not_an_abbreviation_of_loss_dist_impl():
 
 
 def test_the_clip_weight_default_is_the_validated_mix_for_xsample_only(capsys):
-    """Absent, --xsample-clip-weight is 0.5 for --loss xsample (the validated setting, docs/validation.md)
+    """Absent, --xsample-clip-weight is 0.5 for --loss xsample (the validated setting, docs/studies/validation.md)
     and stays unset for the other losses, so --loss xclr, which has no image-text term, still refuses an
     explicit weight; an explicit 0 gives the paper's pure soft target."""
     assert params.parse_args([*BASE, "--loss", "xsample"]).xsample_clip_weight == 0.5

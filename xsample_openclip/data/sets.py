@@ -5,8 +5,7 @@ image does not change when other images are added or removed.
 """
 from __future__ import annotations
 
-from tqdm.auto import tqdm
-
+from ..progress import progress_bar
 from .emoji_captions import retrieval_captions, train_caption
 from .catalog import load_catalog
 from .concepts import CONCEPTS, Concept
@@ -39,7 +38,7 @@ class Renderer:
         unique = list(dict.fromkeys(texts))
         self.sprites = {
             t: font.render(t, glyph_px)
-            for t in tqdm(unique, desc="render glyphs", unit="emoji", disable=not progress, leave=False)
+            for t in progress_bar(unique, desc="render glyphs", unit="emoji", disable=not progress, leave=False)
         }
         # Scenery is drawn small: shrink it once instead of for every background.
         largest = round(SCENERY_SCALE[1] * self.size)
@@ -79,7 +78,7 @@ def build_train(renderer: Renderer, items, params: DemoParams, progress: bool):
         (item, r) for item in items
         for r in range(params.concept_renders if item.concept else params.other_renders)
     ]
-    for item, r in tqdm(jobs, desc="train images", unit="img", disable=not progress, leave=False):
+    for item, r in progress_bar(jobs, desc="train images", unit="img", disable=not progress, leave=False):
         rng = seeded_rng(params.seed, "train", item.emoji.key, r)
         placement = draw_placement(rng)
         kind, bg_concept = training_background(item, params, rng)
@@ -109,7 +108,7 @@ def build_cls(renderer: Renderer, test_items, params: DemoParams, progress: bool
     labels = {c.name: i for i, c in enumerate(CONCEPTS)}
     out = []
     jobs = balanced_jobs(test_items, params.cls_images_per_class)
-    for item, r in tqdm(jobs, desc="zero-shot set", unit="img", disable=not progress, leave=False):
+    for item, r in progress_bar(jobs, desc="zero-shot set", unit="img", disable=not progress, leave=False):
         rng = seeded_rng(params.seed, "cls", item.emoji.key, r)
         image = renderer.image(item, draw_placement(rng), "plain", None, rng)
         out.append((f"{len(out):06d}", jpeg_bytes(image), labels[item.concept.name]))
@@ -121,7 +120,7 @@ def build_bg_variants(renderer: Renderer, test_items, params: DemoParams, progre
     labels = {c.name: i for i, c in enumerate(CONCEPTS)}
     variants = {v: [] for v in BG_VARIANTS}
     jobs = balanced_jobs(test_items, params.bg_images_per_class)
-    for item, r in tqdm(jobs, desc="background sets", unit="fg", disable=not progress, leave=False):
+    for item, r in progress_bar(jobs, desc="background sets", unit="fg", disable=not progress, leave=False):
         placement = draw_placement(seeded_rng(params.seed, "bg-placement", item.emoji.key, r))
         others = [c for c in CONCEPTS if c is not item.concept]
         for variant in BG_VARIANTS:
@@ -145,7 +144,7 @@ def build_bg_variants(renderer: Renderer, test_items, params: DemoParams, progre
 
 def build_retrieval(renderer: Renderer, items, params: DemoParams, progress: bool):
     out = []
-    for item in tqdm(items, desc="retrieval set", unit="img", disable=not progress, leave=False):
+    for item in progress_bar(items, desc="retrieval set", unit="img", disable=not progress, leave=False):
         rng = seeded_rng(params.seed, "ret", item.emoji.key)
         image = renderer.image(item, draw_placement(rng), "plain", None, rng)
         out.append((f"{len(out):06d}", jpeg_bytes(image), retrieval_captions(item.emoji.name, item.noun)))

@@ -44,7 +44,7 @@ FAMILIES = {
     "sigmoid": ("siglip", ("--loss", "clip", "--siglip"), ("--loss", "xsample-siglip", "--siglip"), "xs-tiny-sigmoid-64"),
 }
 #: Learning rate per family, each chosen on the validation split with the stock baseline's zero-shot top-1
-#: (docs/validation.md): 2.5e-4 for CLIP, 5e-4 for SigLIP; the paper family keeps the softmax choice.
+#: (docs/studies/validation.md): 2.5e-4 for CLIP, 5e-4 for SigLIP; the paper family keeps the softmax choice.
 FAMILY_LR = {"softmax": 2.5e-4, "sigmoid": 5e-4, "paper": 2.5e-4}
 
 
@@ -90,7 +90,7 @@ def parse_args(argv):
     p.add_argument("--eval-scale", type=_positive_int, default=1, metavar="K",
                    help="K times the images of every held-out set (emoji: per class in the zero-shot and background "
                         "sets; shapes: per split); the training data stay the same bytes. A larger set narrows "
-                        "the evaluation's share of the noise, not the training seeds' (docs/results.md §8)")
+                        "the evaluation's share of the noise, not the training seeds' (docs/studies/results.md, section 8)")
     p.add_argument("--family", choices=sorted(FAMILIES) + ["paper"], default="softmax",
                    help="softmax: CLIP vs X-Sample; sigmoid: SigLIP vs X-Sample SigLIP; paper: CLIP, SimCLR, "
                         "X-CLR (caption and class graphs), SupCon, X-Sample (one and two views), by linear probe")
@@ -121,7 +121,7 @@ def parse_args(argv):
                             "supcon xsample xsample-2v (default: all)")
     paper.add_argument("--xclr-temperature", type=float, default=0.2,
                        help="logit temperature T of simclr, xclr, xclr-class, supcon (default 0.2, chosen on the "
-                            "validation split over the paper's 0.1: docs/validation.md)")
+                            "validation split over the paper's 0.1: docs/studies/validation.md)")
     paper.add_argument("--tau-s-captions", default=None,
                        help="--xsample-tau-s of xclr, xsample, xsample-2v (default: the package's, auto)")
     paper.add_argument("--tau-s-class", type=float, default=0.1, help="--xsample-tau-s of xclr-class (default 0.1)")
@@ -233,7 +233,7 @@ def main(argv=None):
     per_seed = out / f"summary-{name}-per-seed.csv"
     print(f"\nsummary: {out / f'summary-{name}.md'}\nplots: {plot}, {curve_plot}\n"
           f"per-run report: {comparison.report}\n"
-          f"per-seed numbers (commit under docs/results/): {per_seed}; the table again from it alone: "
+          f"per-seed numbers: {per_seed}; the table again from them alone: "
           f"python -m xsample_openclip.demo.tables {per_seed}")
     return 0
 

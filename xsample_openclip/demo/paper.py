@@ -39,13 +39,13 @@ SUPCON_TAU_S = 1e-4
 #: τ_s of X-CLR over class captions: the paper's (third-party implementations' τ = τ_s = 0.1).
 CLASS_TAU_S = 0.1
 #: Logit temperature T of the image-image losses in the demo: 0.2, chosen on the validation split by a rule
-#: written before reading (docs/validation.md, "Paper family"; by 0.3 points over the paper's 0.1, inside the
+#: written before reading (docs/studies/validation.md, "Paper family"; by 0.3 points over the paper's 0.1, inside the
 #: noise). The package's own ``--xsample-xclr-temperature`` default stays the paper's 0.1: one small data set
 #: does not make a default.
 TEMPERATURE = 0.2
 IMAGE_ONLY = ("--xsample-views", "2", "--lock-text", "--lock-text-freeze-layer-norm")
 #: The image-text X-Sample runs of this family use the paper's pure soft target (no hard-target mix, the
-#: package's --xsample-clip-weight default since docs/results.md §8): the paper's formula, and §7's runs.
+#: package's --xsample-clip-weight default since docs/studies/results.md §8): the paper's formula, and §7's runs.
 SOFT_ONLY = ("--xsample-clip-weight", "0")
 
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from tqdm import tqdm
-
+from ..progress import progress_bar
 from . import fingerprint
 from .trained_loss import asked_loss, check_trained_loss
 
@@ -124,16 +123,15 @@ def train(spec: RunSpec, data: TrainData, settings: TrainSettings, logs: Path, b
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     cmd = command(spec, data, settings, logs)
     tail: List[str] = []
-    with tqdm(total=settings.epochs * steps_per_epoch, desc=f"train {spec.name}", unit="step",
-              position=bar_position, leave=True) as bar:
+    with progress_bar(total=settings.epochs * steps_per_epoch, desc=f"train {spec.name}", unit="step",
+                      position=bar_position, leave=True) as bar:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for line in proc.stdout:
             tail = (tail + [line])[-40:]
             m = _PROGRESS.search(line)
             if m:
                 epoch, seen, total = (int(g) for g in m.groups())
-                bar.n = epoch * steps_per_epoch + round(seen / total * steps_per_epoch)
-                bar.refresh()
+                bar.update(epoch * steps_per_epoch + round(seen / total * steps_per_epoch) - bar.n)
         proc.wait()
     if proc.returncode != 0 or not ckpt.is_file():
         raise RuntimeError(f"training {spec.name} failed (exit {proc.returncode}):\n{' '.join(cmd)}\n"

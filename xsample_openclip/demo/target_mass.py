@@ -3,7 +3,7 @@
     python -m xsample_openclip.demo.target_mass --data OUT/data/emoji-seed0-64px [--tau-s 0.2]
     python -m xsample_openclip.demo.target_mass --data OUT/data/shapes-seed0-64px --tau-s 0.033
     python -m xsample_openclip.demo.target_mass --data OUT/data/shapes-seed0-64px --tau-s auto \
-        --graphs default centre centre+whiten top8 --captions title colour-shape      (docs/graph-study.md)
+        --graphs default centre centre+whiten top8 --captions title colour-shape      (docs/studies/graph-study.md)
 
 X-Sample's soft targets pull together images whose captions are alike; what the image encoder is
 rewarded for encoding depends on what those images share. Over random training batches this measures

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Iterator, List
 
 import numpy as np
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from ..targets.decode import TokenDecoder
 from ..targets.keys import token_keys
 from ..targets.sources import READ_CHUNK
@@ -89,7 +89,8 @@ class CaptionScan:
         offset = 0
         with open(scan.folder / "keys.u64", "wb") as fk, open(scan.folder / "offsets.u64", "wb") as fo, \
                 open(scan.folder / "texts.txt", "wb") as ft, \
-                tqdm(desc=desc, unit=" captions", unit_scale=True, mininterval=1.0, disable=not common.PROGRESS_BARS) as bar:
+                progress_bar(desc=desc, unit=" captions", unit_scale=True, mininterval=1.0,
+                             disable=not common.PROGRESS_BARS) as bar:
             for n, (_, texts) in _map_chunks(captions, tokenizer, True, workers):
                 data = [t.encode("utf-8") + b"\n" for t in texts.values()]
                 lengths = np.fromiter((len(d) for d in data), dtype=np.uint64, count=len(data))

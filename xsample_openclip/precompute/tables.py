@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from ..targets.table import EMBEDDINGS, KEYS, META, EmbeddingTable, table_meta, write_meta
 from . import common
 from .common import MADE_AS, PROGRESS, SCAN_DIR
@@ -78,8 +78,8 @@ def _build_locked(out: Path, captions, tokenizer, encoder, model_name, dtype, ch
                  f"table {out}: {size / 2**20:.1f} MiB memory-mapped ({len(keys)} x {encoder.dim} {dtype} "
                  f"+ 8-byte keys)")
     t1 = time.perf_counter()
-    with tqdm(total=len(keys), initial=done, desc="embedding captions", unit=" captions", unit_scale=True,
-              mininterval=1.0, disable=not common.PROGRESS_BARS) as bar:
+    with progress_bar(total=len(keys), initial=done, desc="embedding captions", unit=" captions",
+                      unit_scale=True, mininterval=1.0, disable=not common.PROGRESS_BARS) as bar:
         for start in range(done, len(keys), chunk):
             batch = scan.texts(start, start + chunk)
             emb[start:start + len(batch)] = encoder.encode(batch).cpu().numpy().astype(dtype)
@@ -108,8 +108,8 @@ def check_part(table: EmbeddingTable, captions, tokenizer, workers=0) -> dict:
     and missing, so the parts of several processes combine (``combine_checks``)."""
     total = missing = 0
     missing_keys, all_keys = [], []
-    with tqdm(desc="checking captions", unit=" captions", unit_scale=True, mininterval=1.0,
-              disable=not common.PROGRESS_BARS) as bar:
+    with progress_bar(desc="checking captions", unit=" captions", unit_scale=True, mininterval=1.0,
+                      disable=not common.PROGRESS_BARS) as bar:
         for n, (keys, _) in _map_chunks(captions, tokenizer, False, workers):
             _, present = table.find(keys)
             missing += int((~present).sum())
