@@ -66,3 +66,63 @@ def test_target_stats_command_prints_the_table(csv_data, capsys):
     out = capsys.readouterr().out
     assert "| 0.1 |" in out and "| 0.2 |" in out and "| 0.5 |" in out
     assert f"{math.log(32):.2f} nats" in out
+
+
+def identical(m=32):
+    """m copies of one caption embedding: every target row is uniform over the batch at any tau_s."""
+    return similarities_of(captions(m=1).repeat(m, 1))
+
+
+def test_a_self_mass_identical_captions_cannot_reach_is_refused_not_clamped():
+    """All-identical captions at batch 8: self-mass is 1/8 whatever tau_s, so 0.7 (above) and 0.05 (below)
+    cannot be reached; the error says what was asked and what is reachable, the bound is not returned."""
+    for asked, side in ((0.7, "above"), (0.05, "below")):
+        with pytest.raises(ValueError) as err:
+            tau_for_self_mass(identical(), asked, 8)
+        assert (err.value.asked, err.value.side) == (asked, side)
+        assert err.value.reachable == pytest.approx(1 / 8, abs=1e-12)
+        assert f"self-mass {asked}" in str(err.value) and "0.125" in str(err.value)
+
+
+def test_a_self_mass_a_tiny_batch_cannot_go_below_is_refused():
+    """Batch 2, distinct captions: the row's one other caption weighs exp((S_ij - 1) / tau_s) <= 1 of the
+    sample's 1, so self-mass >= 1/2 at any tau_s; at the flattest tau_s (10) it is the mean of
+    1 / (1 + exp((S_ij - 1) / 10)) over the sample's pairs (the estimator at N = 2), computed here."""
+    e = captions(m=40, seed=4)
+    s = similarities_of(e)
+    w = torch.exp((s - 1.0) / 10.0)
+    w.fill_diagonal_(0.0)
+    flattest = float((1.0 / (1.0 + w.sum(1) / (len(s) - 1))).mean())
+    with pytest.raises(ValueError) as err:
+        tau_for_self_mass(s, 0.3, 2)
+    assert err.value.side == "below" and err.value.reachable == pytest.approx(flattest, rel=1e-12)
+
+
+def test_auto_refuses_at_start_up_when_identical_captions_cap_the_self_mass(tmp_path, capsys):
+    """The measured case: class captions, here all identical, at a small batch; default self-mass 0.7."""
+    from open_clip_train import distributed, params
+
+    from xsample_openclip.data import writers
+
+    csv = writers.write_csv(tmp_path / "same.csv", [(f"{i:03d}", None, "a photo of a dog") for i in range(64)],
+                            tmp_path / "images")
+    args = params.parse_args(["--train-data", str(csv), "--dataset-type", "csv", "--model", "xs-tiny-vit-32",
+                              "--batch-size", "8", "--device", "cpu", "--loss", "xsample",
+                              f"--logs={tmp_path / 'logs'}", "--name", "same"])
+    with pytest.raises(SystemExit) as exc:
+        distributed.init_distributed_device(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--xsample-tau-s auto cannot reach self-mass 0.7" in err and "global batch 8" in err
+    assert "at most 0.125" in err  # 1/8: eight identical captions share each row
+    for fix in ("--xsample-self-mass", "--xsample-tau-s"):
+        assert fix in err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_target_stats_table_says_which_self_mass_auto_would_refuse():
+    from xsample_openclip import target_stats
+
+    table = target_stats.report(identical(), 8, [0.1], [0.125, 0.7])
+    assert "| 0.7 | refused: at most 0.125 reachable |" in table
+    assert "| 0.125 | 10 |" in table  # exactly 1/8: every tau_s gives it

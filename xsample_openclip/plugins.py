@@ -14,6 +14,7 @@ from typing import List
 
 from .registry import StartupResult
 from .targets.flags import CAPTION_TARGETS
+from .targets.resume_tau import CALIBRATION_RECORD
 from .views import VIEW_FLAGS, views_of
 
 
@@ -202,6 +203,19 @@ class XClrFlags:
                  "or 'learned' for the model's own logit scale (trained, as in CLIP).")
 
 
+#: params.txt's ``xsample_tau_s_calibration`` for the instance graph (the line that says how tau_s was
+#: obtained for every X-Sample run: calibrated, given, or here not used at all).
+TAU_S_UNUSED = ("unused: --xsample-xclr-graph instance (SimCLR) has no caption targets; no caption encoder "
+                "loaded, nothing calibrated, --xsample-tau-s and --xsample-self-mass ignored")
+#: Flags that only shape caption targets and do work at start-up (statistics, a table): refused with the
+#: instance graph rather than ignored.
+_CAPTION_GRAPH_FLAGS = ("xsample_graph_centre", "xsample_graph_whiten", "xsample_embeddings")
+
+
+def _instance_graph(args) -> bool:
+    return getattr(args, "xsample_xclr_graph", "captions") == "instance"
+
+
 def _temperature_value(text):
     if text == "learned":
         return text
@@ -220,8 +234,26 @@ class XClrLossPlugin(_ViewsPlugin):
     own_flags = XClrFlags()
 
     def startup(self, args, resumed=None) -> StartupResult:
+        if _instance_graph(args):  # no caption targets: no encoder, no calibration sample, no tau_s rules
+            unused = StartupResult(updates={CALIBRATION_RECORD: TAU_S_UNUSED},
+                                   notes=[f"X-Sample tau_s: {TAU_S_UNUSED}"])
+            return unused.extend(VIEW_FLAGS.startup(args))
         # a target row spans the other 2N - 1 views: --xsample-tau-s auto calibrates at that width
         return CAPTION_TARGETS.startup(args, resumed, views=2).extend(VIEW_FLAGS.startup(args))
+
+    def kept_on_resume(self, args):
+        """The instance graph keeps its views and own flags; the caption-target settings do not apply to it
+        (a switch of --xsample-xclr-graph itself is one of the own flags, so it is still caught)."""
+        if _instance_graph(args):
+            return VIEW_FLAGS.kept + self.own_flags.kept
+        return super().kept_on_resume(args)
+
+    def build(self, args):
+        if not _instance_graph(args):
+            return super().build(args)
+        loss, settings = self.make_loss(args, None)  # the captions are only counted: no embedder
+        logging.info(f"Loss: {self.name} ({self.description}): {settings}")
+        return loss
 
     def validate(self, args) -> List[str]:
         problems = _common_refusals(args, self.name)
@@ -238,6 +270,10 @@ class XClrLossPlugin(_ViewsPlugin):
         temperature = args.xsample_xclr_temperature
         if temperature != "learned" and not temperature > 0:
             problems.append(f"--xsample-xclr-temperature must be > 0 or 'learned', got {temperature}")
+        if _instance_graph(args):
+            problems += [f"--{flag.replace('_', '-')} shapes caption targets, which --xsample-xclr-graph instance "
+                         "(SimCLR) does not have: drop it, or use --xsample-xclr-graph captions"
+                         for flag in _CAPTION_GRAPH_FLAGS if getattr(args, flag, None)]
         for flag in ("xsample_clip_weight", "xsample_image_weight"):
             if getattr(args, flag, None):  # absent or 0: nothing to refuse
                 problems.append(f"--{flag.replace('_', '-')} belongs to --loss xsample (image-text); --loss xclr "
@@ -249,11 +285,12 @@ class XClrLossPlugin(_ViewsPlugin):
         from .losses.xclr import XClrLoss
 
         temperature = args.xsample_xclr_temperature
-        loss = XClrLoss(embedder, tau_s=args.xsample_tau_s,
+        instance = _instance_graph(args)
+        loss = XClrLoss(embedder, tau_s=None if instance else args.xsample_tau_s,
                         temperature=None if temperature == "learned" else temperature,
                         local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, rank=args.rank,
                         world_size=args.world_size, use_horovod=args.horovod, graph=args.xsample_xclr_graph)
-        if args.xsample_xclr_graph == "instance":
+        if instance:
             return loss, f"graph=instance (SimCLR; captions and tau_s unused), temperature={temperature}, views=2"
         return loss, f"tau_s={args.xsample_tau_s:.6g}, temperature={temperature}, views=2, graph=captions"
 

@@ -60,7 +60,7 @@ def embed_sample(args):
 
 
 def report(similarities, batch_size, taus, masses) -> str:
-    from .targets.calibrate import stats_table, tau_for_self_mass
+    from .targets.calibrate import stats_table
 
     n = similarities.shape[0]
     off = similarities[~_eye(n)]
@@ -69,8 +69,18 @@ def report(similarities, batch_size, taus, masses) -> str:
              "| tau_s | self-mass | row entropy (nats) | effective targets exp(H) |", "|---:|---:|---:|---:|"]
     lines += [f"| {tau:g} | {m:.3f} | {h:.2f} | {e:.1f} |" for tau, m, h, e in stats_table(similarities, batch_size, taus)]
     lines += ["", "| --xsample-self-mass | tau_s chosen by --xsample-tau-s auto |", "|---:|---:|"]
-    lines += [f"| {m:g} | {tau_for_self_mass(similarities, m, batch_size):.4g} |" for m in masses]
+    lines += [f"| {m:g} | {_auto_tau(similarities, m, batch_size)} |" for m in masses]
     return "\n".join(lines)
+
+
+def _auto_tau(similarities, self_mass, batch_size) -> str:
+    """The tau_s auto would choose, or why it would refuse (a self-mass no tau_s reaches)."""
+    from .targets.calibrate import UnreachableSelfMass, tau_for_self_mass
+
+    try:
+        return f"{tau_for_self_mass(similarities, self_mass, batch_size):.4g}"
+    except UnreachableSelfMass as err:
+        return f"refused: {'at most' if err.side == 'above' else 'at least'} {err.reachable:.3g} reachable"
 
 
 def _eye(n):

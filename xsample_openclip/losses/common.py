@@ -20,10 +20,12 @@ from .graph import check_topk
 class CaptionTargetLoss(nn.Module):
     needs_batch_tokens = True
 
-    def __init__(self, caption_embedder=None, tau_s: float = 0.2, rank: int = 0, world_size: int = 1,
-                 topk: Optional[int] = None):
+    def __init__(self, caption_embedder=None, tau_s: Optional[float] = 0.2, rank: int = 0, world_size: int = 1,
+                 topk: Optional[int] = None, uses_tau_s: bool = True):
+        """``uses_tau_s``: False for targets without a caption temperature (xclr's instance graph), whose
+        ``tau_s`` may then be None."""
         super().__init__()
-        if not tau_s > 0:
+        if uses_tau_s and (tau_s is None or not tau_s > 0):
             raise ValueError(f"tau_s must be > 0, got {tau_s}")
         if topk is not None:
             check_topk(topk)

@@ -187,6 +187,11 @@ def centring_statistics(embeddings: torch.Tensor, whiten: bool = False):
     if e.shape[0] < 2:
         raise ValueError(f"centring needs at least 2 captions, got {e.shape[0]}")
     mean = e.mean(dim=0)
+    # trace of unit rows' covariance: 1 - |mean|^2, 0 for one distinct caption, which then is the mean
+    # caption and would have no direction left after centring (``centre_captions`` refuses it)
+    if not 1.0 - float(mean @ mean) > 1e-12:
+        kind = "whitening" if whiten else "centring"
+        raise ValueError(f"{kind} needs captions that differ: the sample's covariance is 0 (one distinct caption)")
     if not whiten:
         return mean, None
     x = e - mean
@@ -194,8 +199,6 @@ def centring_statistics(embeddings: torch.Tensor, whiten: bool = False):
     eigenvalues, vectors = torch.linalg.eigh(cov)
     eigenvalues = eigenvalues.clamp_min(0.0)
     ridge = WHITEN_RIDGE * float(eigenvalues.mean())
-    if not float(eigenvalues.sum()) > 1e-12:  # trace of unit rows' covariance: 1 - |mean|^2, 0 for one caption
-        raise ValueError("whitening needs captions that differ: the sample's covariance is 0")
     return mean, (vectors * (1.0 / torch.sqrt(eigenvalues + ridge))) @ vectors.T
 
 

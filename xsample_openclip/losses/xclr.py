@@ -112,13 +112,13 @@ class XClrLoss(CaptionTargetLoss):
     ``logit_scale``. With a fixed T the model's ``logit_scale`` still enters the loss, times 0: its
     gradient is exactly 0 (it never moves), and DistributedDataParallel, which expects a gradient for
     every trainable parameter, sees it used. ``graph``: ``captions`` (X-CLR) or ``instance`` (SimCLR: the
-    captions are not embedded, only counted).
+    captions are not embedded, only counted; ``tau_s`` is not used and may be None).
     """
 
     def __init__(
         self,
         caption_embedder=None,
-        tau_s: float = 0.1,
+        tau_s: Optional[float] = 0.1,
         temperature: Optional[float] = 0.1,
         local_loss: bool = False,
         gather_with_grad: bool = False,
@@ -127,9 +127,9 @@ class XClrLoss(CaptionTargetLoss):
         use_horovod: bool = False,
         graph: str = "captions",
     ):
-        super().__init__(caption_embedder, tau_s, rank, world_size)
         if graph not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
+        super().__init__(caption_embedder, tau_s, rank, world_size, uses_tau_s=graph == "captions")
         self.graph = graph
         if temperature is not None and not temperature > 0:
             raise ValueError(f"temperature must be > 0 (or None for the model's logit scale), got {temperature}")

@@ -14,6 +14,12 @@ from the data). Self-mass is a convex function of that sum, so the estimate is s
 small batches (1.9 % at N = 64 in tests/test_calibrate.py) and exact as N grows and the sum
 concentrates. It falls monotonically as tau_s grows, so tau_s for a target self-mass is found by
 bracketed root finding in log tau_s.
+
+Not every self-mass can be reached: identical captions share a row's mass at any tau_s (32 copies of a
+class caption in a batch of 256 leave at most 1/32 on the sample itself), and a tiny batch keeps more than
+a low self-mass on the sample even at the flattest tau_s. Then ``tau_for_self_mass`` raises
+``UnreachableSelfMass`` (what was asked, what is reachable) instead of returning the bound of ``TAU_RANGE``,
+whose targets would not be the ones asked for; the caller refuses with the flags that help.
 """
 import math
 from typing import Dict, Sequence
@@ -21,6 +27,19 @@ from typing import Dict, Sequence
 import torch
 
 TAU_RANGE = (1e-4, 10.0)
+
+
+class UnreachableSelfMass(ValueError):
+    """No tau_s in ``TAU_RANGE`` gives the asked self-mass at this batch size.
+
+    ``side``: "above" (the asked self-mass is above the most any tau_s reaches: duplicated captions) or
+    "below" (it is below the least: a batch too small); ``reachable``: that bound, at ``tau_s``."""
+
+    def __init__(self, asked: float, reachable: float, tau_s: float, batch_size: int, side: str):
+        self.asked, self.reachable, self.tau_s, self.batch_size, self.side = asked, reachable, tau_s, batch_size, side
+        bound = "at most" if side == "above" else "at least"
+        super().__init__(f"self-mass {asked} cannot be reached at batch {batch_size}: every tau_s in "
+                         f"[{TAU_RANGE[0]:g}, {TAU_RANGE[1]:g}] gives {bound} {reachable:.4g} (at tau_s {tau_s:g})")
 
 
 def _weights(similarities: torch.Tensor, tau_s: float) -> torch.Tensor:
@@ -63,7 +82,8 @@ def tau_for_self_mass(similarities: torch.Tensor, self_mass: float, batch_size: 
 
     Self-mass falls monotonically in log tau_s; the root is bracketed in ``TAU_RANGE`` and found by
     regula falsi with the Illinois step (superlinear, about 10 evaluations instead of bisection's 60),
-    to ``tol`` in self-mass or 1e-12 in log tau_s."""
+    to ``tol`` in self-mass or 1e-12 in log tau_s. Raises ``UnreachableSelfMass`` when no tau_s in the
+    range gives ``self_mass``."""
     if not 0.0 < self_mass < 1.0:
         raise ValueError(f"self-mass must be in (0, 1), got {self_mass}")
     m = similarities.shape[0]
@@ -75,10 +95,12 @@ def tau_for_self_mass(similarities: torch.Tensor, self_mass: float, batch_size: 
     f = _self_mass_at(gaps, (batch_size - 1) / (m - 1))
     lo, hi = math.log(TAU_RANGE[0]), math.log(TAU_RANGE[1])
     f_lo, f_hi = f(lo) - self_mass, f(hi) - self_mass
-    if f_hi > 0:
-        return math.exp(hi)    # even the flattest target keeps this much on itself (tiny batch)
-    if f_lo < 0:
-        return math.exp(lo)    # duplicated captions cap the reachable self-mass
+    if f_hi > 0:               # even the flattest target keeps more on itself (tiny batch)
+        raise UnreachableSelfMass(self_mass, f_hi + self_mass, TAU_RANGE[1], batch_size, "below")
+    if f_lo < 0:               # duplicated captions cap the reachable self-mass
+        raise UnreachableSelfMass(self_mass, f_lo + self_mass, TAU_RANGE[0], batch_size, "above")
+    if f_lo == f_hi:           # both 0: every tau_s gives it (identical captions asked exactly 1 / N)
+        return math.exp(hi)
     side = 0
     for _ in range(200):
         mid = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)

@@ -38,7 +38,7 @@ class CaptionTargetFlags:
     #: Settings that change the targets: a resumed run must keep them.
     kept = ("xsample_tau_s", "xsample_self_mass", "xsample_encoder", "xsample_embeddings",
             "xsample_graph_centre", "xsample_graph_whiten", "xsample_graph_topk", "xsample_clip_weight_schedule")
-    #: tau_s auto at self-mass 0.7: chosen on the validation splits of both demo data sets (docs/validation.md)
+    #: tau_s auto at self-mass 0.7: chosen on the validation splits of both demo data sets (docs/studies/validation.md)
     defaults = {"xsample_tau_s": AUTO, "xsample_self_mass": 0.7, "xsample_encoder": None,
                 "xsample_embeddings": None, "xsample_cache_size": 100_000, "xsample_check_captions": 10_000,
                 "xsample_calibration_data": None,
@@ -101,7 +101,7 @@ class CaptionTargetFlags:
                  f"({CALIBRATION_CAPTIONS} of the run's captions, seeded by --seed) before the cosine, so what "
                  "all captions share (a template) stops counting as similarity. The statistics are recorded "
                  "(params.txt: a digest; the run's log folder: xsample_graph_statistics.pt) and a resume "
-                 "reuses them (docs/graph-study.md).")
+                 "reuses them (docs/targets.md).")
         group.add_argument(
             "--xsample-graph-whiten", action="store_true", default=d["xsample_graph_whiten"],
             help="With --xsample-graph-centre: also whiten (ZCA, from the same sample, ridge "
@@ -270,7 +270,16 @@ class CaptionTargetFlags:
         if drawn.problem:
             result.problems.append(drawn.problem.replace("--xsample-tau-s auto", "--xsample-graph-centre"))
             return result
-        stats = GraphStatistics.from_sample(drawn.embeddings, args.xsample_graph_whiten, drawn.sample.describe())
+        try:
+            stats = GraphStatistics.from_sample(drawn.embeddings, args.xsample_graph_whiten, drawn.sample.describe())
+        except ValueError as err:  # one distinct caption: each would equal the mean caption at the first step
+            result.problems.append(
+                f"--xsample-graph-centre cannot centre on the calibration sample ({drawn.sample.describe()}): {err}. "
+                "Centring subtracts the mean caption, which here is every caption. Fix: drop --xsample-graph-centre"
+                + (" and --xsample-graph-whiten" if args.xsample_graph_whiten else "")
+                + "; or, if the training captions do differ, draw the sample from data that shows it "
+                "(--xsample-calibration-data)")
+            return result
         result.updates[GRAPH_RECORD] = stats
         result.notes.append(("X-Sample graph statistics COMPUTED ANEW on resume (" + ALLOW_CHANGES_FLAG + f"): {why}; "
                              if why else "X-Sample graph statistics: ") + str(stats))
@@ -299,7 +308,7 @@ class CaptionTargetFlags:
                        statistics=None) -> StartupResult:
         """tau_s for the asked self-mass on the graph the run uses: centred with ``statistics``, cut to
         --xsample-graph-topk."""
-        from .calibrate import target_stats, tau_for_self_mass
+        from .calibrate import UnreachableSelfMass, target_stats, tau_for_self_mass
 
         result = StartupResult()
         drawn = (sample_cache or _SampleCache()).get(self, args, tokenizer)
@@ -308,14 +317,12 @@ class CaptionTargetFlags:
             return result
         sample = drawn.sample
         similarities = calibration_similarities(drawn.embeddings, statistics, args.xsample_graph_topk, global_batch)
-        tau = tau_for_self_mass(similarities, args.xsample_self_mass, global_batch)
-        stats = target_stats(similarities, tau, global_batch)
-        if args.xsample_graph_topk is not None and abs(stats["self_mass"] - args.xsample_self_mass) > 0.01:
-            result.problems.append(
-                f"--xsample-tau-s auto cannot reach self-mass {args.xsample_self_mass} with --xsample-graph-topk "
-                f"{args.xsample_graph_topk} at global batch {global_batch} (the closest is {stats['self_mass']:.3f} "
-                f"at tau_s {tau:.4g}): raise K, or ask for a self-mass near {stats['self_mass']:.2f}")
+        try:
+            tau = tau_for_self_mass(similarities, args.xsample_self_mass, global_batch)
+        except UnreachableSelfMass as err:
+            result.problems.append(_unreachable(args, err, global_batch))
             return result
+        stats = target_stats(similarities, tau, global_batch)
         record = calibration_record(args.xsample_self_mass, global_batch, sample.describe())
         result.updates.update(xsample_tau_s=tau, **{CALIBRATION_RECORD: record})
         if recalibrating:
@@ -381,6 +388,35 @@ def _graph_name(args) -> str:
     parts = (["centred" + (", whitened" if args.xsample_graph_whiten else "")] if args.xsample_graph_centre else [])
     parts += [f"top-{args.xsample_graph_topk}"] if args.xsample_graph_topk is not None else []
     return " ".join(parts) or "full"
+
+
+def _unreachable(args, err, global_batch) -> str:
+    """The refusal for a self-mass no tau_s reaches (``calibrate.UnreachableSelfMass``): what was asked,
+    what is reachable, and the flags that help on that side."""
+    import math
+
+    from .calibrate import TAU_RANGE
+
+    above = err.side == "above"
+    step = 10.0 ** (math.floor(math.log10(err.reachable)) - 1)  # the bound to 2 digits, rounded inwards
+    inside = (math.floor if above else math.ceil)(err.reachable / step) * step
+    topk = args.xsample_graph_topk
+    asked = f"self-mass {err.asked}" + (f" with --xsample-graph-topk {topk}" if topk is not None else "")
+    if above:
+        why = ("identical or near-identical captions (class captions, a template) share each row's mass at any "
+               "tau_s")
+        fixes = (f"ask for --xsample-self-mass {inside:g} or less; or give tau_s as a number (--xsample-tau-s 1e-4: "
+                 "identical captions then share their row equally, SupCon's targets); or a smaller global batch "
+                 "(--batch-size, --accum-freq, fewer processes), which holds fewer copies of a caption")
+    else:
+        why = ("the batch has too few other captions" if topk is None else
+               f"a row keeps only its {topk} nearest captions") + " to take more mass even at the flattest tau_s"
+        fixes = (f"ask for --xsample-self-mass {inside:g} or more; or give tau_s as a number (--xsample-tau-s); or "
+                 + ("raise K" if topk is not None else "a larger global batch (--batch-size, --accum-freq, more "
+                                                       "processes)"))
+    return (f"--xsample-tau-s auto cannot reach {asked} at global batch {global_batch} (graph {_graph_name(args)}): "
+            f"every tau_s in [{TAU_RANGE[0]:g}, {TAU_RANGE[1]:g}] puts {'at most' if above else 'at least'} "
+            f"{err.reachable:.3g} of a target row on the sample itself, as {why}. Fix: {fixes}.")
 
 
 def calibration_similarities(embeddings, statistics=None, topk=None, global_batch=None):
