@@ -22,6 +22,7 @@ from xsample_openclip import registry
 from xsample_openclip.targets.table import MissingCaptionsError
 
 from .train_loop import with_token_tap
+from .version import release_validation_model
 
 
 class ValidationObjective:
@@ -80,6 +81,7 @@ def wrap_evaluate(stock, module):
         if not isinstance(loss, registry.PluginLoss) or "val" not in data or getattr(args, "rank", 0) != 0:
             return stock(model, data, epoch, args, tb_writer=tb_writer, tokenizer=tokenizer)
         objective = ValidationObjective(loss.single_process(), f"{args.loss.replace('-', '_')}_val_loss")
+        model = release_validation_model(model, args)  # 3.0.0-3.2.x: no DDP forward on rank 0 alone
         if loss.needs_batch_tokens:
             model, data = with_token_tap(model, data, "val")
         model = ObservedModel(model, objective)

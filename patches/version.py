@@ -310,13 +310,29 @@ def changed_sources(sources: Optional[Dict[str, Dict[Entry, str]]] = None) -> Li
     return changed
 
 
-#: Release -> the shim module (in patches/) that covers what that release lacks, with ``refusals(args)``.
-SHIMS: Dict[str, str] = {"3.0.0": "openclip_3_0_0"}
+#: Release -> the shim modules (in patches/, each named by the releases that need it) covering what that
+#: release lacks or does otherwise: ``refusals(args)`` (what it cannot run, refused at parsing) and
+#: ``validation_model(model, args)`` (what its ``evaluate`` is given), where defined.
+SHIMS: Dict[str, Tuple[str, ...]] = {
+    "3.0.0": ("openclip_3_0_0", "openclip_3_0_to_3_2"),
+    "3.1.0": ("openclip_3_0_to_3_2",),
+    "3.2.0": ("openclip_3_0_to_3_2",),
+}
+
+
+def _shims(hook: str) -> list:
+    names = SHIMS.get(reference_release() or "", ())
+    return [getattr(m, hook) for m in (importlib.import_module(f"{__package__}.{n}") for n in names)
+            if hasattr(m, hook)]
 
 
 def release_refusals(args) -> List[str]:
-    """What the installed release cannot run of ``args`` (a plugin loss's), from its shim; [] if none."""
-    shim = SHIMS.get(reference_release() or "")
-    if shim is None:
-        return []
-    return importlib.import_module(f"{__package__}.{shim}").refusals(args)
+    """What the installed release cannot run of ``args`` (a plugin loss's), from its shims; [] if none."""
+    return [problem for refusals in _shims("refusals") for problem in refusals(args)]
+
+
+def release_validation_model(model, args):
+    """The model to hand the installed release's ``evaluate`` for a plugin loss's validation."""
+    for adapt in _shims("validation_model"):
+        model = adapt(model, args)
+    return model

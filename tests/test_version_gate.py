@@ -228,3 +228,30 @@ def test_xclr_is_refused_before_any_step_on_3_0_0_and_parses_elsewhere(tmp_path)
 
         assert params.parse_args(XCLR).loss == "xclr"
         assert openclip_3_0_0.refusals(params.parse_args(XCLR)) != []  # what 3.0.0 would refuse
+
+
+# --- what differs between the releases, through main -------------------------------------------------------
+
+def val_losses(run_dir, key):
+    return [float(v) for v in re.findall(rf"\t{key}: ([0-9.eE+-]+)", (run_dir / "out.log").read_text())]
+
+
+def test_two_process_validation_reports_the_plugin_objective(tmp_path):
+    """3.0.0-3.2.x validate through the DDP wrapper on rank 0 alone (a collective mismatch with the other
+    rank, measured on 3.2.0); the shim hands them the bare forward as 3.3.0 does. Two gloo processes with
+    --gather-with-grad (batch 8 each) and one process with --accum-freq 2 (batch 8) take the same steps
+    and validate in the same batches of 8: their validation losses, OpenCLIP's and the plugin's, agree."""
+    import tiny_data
+
+    csv = tiny_data.write_csv(tmp_path / "data", n=16)
+    init = cr.save_init(tmp_path / "init.pt")
+    runs = {}
+    for name, nproc, extra in (("one", 1, ("--accum-freq", "2")), ("two", 2, ("--gather-with-grad",))):
+        (tmp_path / name).mkdir()
+        argv = cr.train_argv(csv, init, 8, "--loss", "xsample", "--xsample-tau-s", "0.2", "--val-data", str(csv),
+                             *extra, epochs=2)
+        runs[name], _ = cr.launch(tmp_path / name, argv, nproc=nproc)
+    for key in ("clip_val_loss", "xsample_val_loss"):
+        one, two = val_losses(runs["one"], key), val_losses(runs["two"], key)
+        assert len(two) == 2 and two == pytest.approx(one, rel=1e-3), key
+    assert "CPU distributed training (2 processes, backend gloo)" in (runs["two"] / "out.log").read_text()
