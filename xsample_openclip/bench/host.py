@@ -77,7 +77,7 @@ def _stats(seconds):
 def _table_parts(embedder, table, batches, device, repeats):
     """Keys, lookup, the whole call and the call with the transfer, back to back on the same batch, so the
     parts left over (rest of the call, transfer) are per-call differences of like with like."""
-    from ..targets.embedders import to_device
+    from ..losses.common import to_device
     from ..targets.keys import token_keys
 
     laps = []

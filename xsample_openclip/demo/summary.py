@@ -4,7 +4,8 @@ Runs are named ``LOSS-sSEED``; every loss is trained once per seed with the same
 loader is bit-reproducible for a seed), so ``LOSS-sK`` minus ``BASELINE-sK`` is a paired difference:
 its spread over seeds, next to the losses' own spread, and its 95 % confidence interval (Student's t over
 seeds) show whether a gain exceeds the seed noise. Next to the summary goes the per-seed file
-(``tables``: one row per run, every number of the table) from which the table can be regenerated.
+(``tables``: one row per run, every number of the table) from which the table can be regenerated;
+``tables`` owns that file's format and the table's layout, and this module uses both.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from .stats import mean_ci, mean_std
+from .stats import mean_std
+from .tables import markdown, paired, write_per_seed
 
 
 def split_run(run_name: str):
@@ -40,17 +42,6 @@ def collect(results_csv) -> Dict[tuple, Dict[int, float]]:
     return values
 
 
-def fmt(mean, std, n, sign=False):
-    if mean is None:
-        return "n/a"
-    head = f"{mean:+.1f}" if sign else f"{mean:.1f}"
-    return head if n < 2 else f"{head} ± {std:.1f}"
-
-
-def paired(values: Dict[int, float], base: Dict[int, float]) -> Dict[int, float]:
-    return {seed: values[seed] - base[seed] for seed in sorted(values) if seed in base}
-
-
 def summary_rows(values, losses: Sequence[str], headline, split: str, primary: Sequence[str]):
     """One dict per headline number (plus the primary score): per loss {seed: value}, per variant the
     paired differences to the first loss."""
@@ -73,37 +64,9 @@ def summary_rows(values, losses: Sequence[str], headline, split: str, primary: S
     return rows
 
 
-def paired_cell(deltas: Sequence[float], n: int) -> str:
-    """Mean ± std of the paired differences and, from two seeds on, their 95 % confidence interval."""
-    cell = fmt(*mean_std(deltas), n, sign=True)
-    ci = mean_ci(deltas)
-    return cell if ci is None else f"{cell} [{ci[0]:+.1f}, {ci[1]:+.1f}]"
-
-
-def markdown(rows, losses: Sequence[str], seeds: Sequence[int], header: Sequence[str] = ()) -> str:
-    """The table: mean ± std per loss, paired Δ to ``losses[0]`` (mean ± std [95 % CI]), per-seed Δ."""
-    n = len(seeds)
-    head = [f"| metric (%; {n} seed{'s' if n > 1 else ''}: {', '.join(map(str, seeds))}) | "
-            + " | ".join(losses) + " | "
-            + " | ".join(f"Δ {v} − {losses[0]}, paired [95 % CI]" for v in losses[1:])
-            + " | " + " | ".join(f"Δ per seed ({v})" for v in losses[1:]) + " |",
-            "|---|" + "---:|" * (len(losses) + 2 * (len(losses) - 1))]
-    for row in rows:
-        if not any(row["values"].values()):
-            continue
-        cells = [fmt(*mean_std(list(row["values"][loss].values())), n) for loss in losses]
-        deltas = [paired_cell(list(row["paired"][loss].values()), n) for loss in losses[1:]]
-        per_seed = [", ".join(f"{d:+.1f}" for d in row["paired"][loss].values()) or "n/a" for loss in losses[1:]]
-        label = row["label"] + (" (lower is better)" if row["lower_is_better"] else "")
-        head.append(f"| {label} | " + " | ".join(cells + deltas + per_seed) + " |")
-    return "\n".join(list(header) + ([""] if header else []) + head)
-
-
 def summarize(results_csv, out_dir, losses, headline, split, primary, seeds, header=(), name=None):
     """Write summary-<name>.md, .json and the per-seed summary-<name>-per-seed.csv under ``out_dir``
     (name: the split by default); return the markdown table and the rows."""
-    from .tables import write_per_seed
-
     rows = summary_rows(collect(results_csv), losses, headline, split, primary)
     table = markdown(rows, losses, seeds, header)
     out_dir = Path(out_dir)

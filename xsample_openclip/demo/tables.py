@@ -11,6 +11,9 @@ ends in "(lower is better)" is such a number). It is small and meant to be commi
 baseline with its 95 % confidence interval over seeds, the per-seed Δ) without training anything. The
 baseline is the first loss in the file (``--baseline`` names another); several files are merged by
 (loss, seed), and a run present twice must carry the same numbers.
+
+This module owns the file's format (``write_per_seed``, ``read_per_seed``) and the table's layout
+(``markdown``); the demo's summary (``summary``, from results.csv) writes both through it.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from .summary import markdown, paired
+from .stats import mean_ci, mean_std
 
 LOWER = " (lower is better)"
 KEYS = ("run", "loss", "seed")
@@ -42,6 +45,42 @@ def write_per_seed(path, rows: Sequence[dict], losses: Sequence[str], seeds: Seq
                 values = [r["values"].get(loss, {}).get(seed) for r in rows]
                 writer.writerow([f"{loss}-s{seed}", loss, seed, *("" if v is None else repr(v) for v in values)])
     return path
+
+
+def fmt(mean, std, n, sign=False):
+    if mean is None:
+        return "n/a"
+    head = f"{mean:+.1f}" if sign else f"{mean:.1f}"
+    return head if n < 2 else f"{head} ± {std:.1f}"
+
+
+def paired(values: Dict[int, float], base: Dict[int, float]) -> Dict[int, float]:
+    return {seed: values[seed] - base[seed] for seed in sorted(values) if seed in base}
+
+
+def paired_cell(deltas: Sequence[float], n: int) -> str:
+    """Mean ± std of the paired differences and, from two seeds on, their 95 % confidence interval."""
+    cell = fmt(*mean_std(deltas), n, sign=True)
+    ci = mean_ci(deltas)
+    return cell if ci is None else f"{cell} [{ci[0]:+.1f}, {ci[1]:+.1f}]"
+
+
+def markdown(rows, losses: Sequence[str], seeds: Sequence[int], header: Sequence[str] = ()) -> str:
+    """The table: mean ± std per loss, paired Δ to ``losses[0]`` (mean ± std [95 % CI]), per-seed Δ."""
+    n = len(seeds)
+    head = [f"| metric (%; {n} seed{'s' if n > 1 else ''}: {', '.join(map(str, seeds))}) | "
+            + " | ".join(losses) + " | "
+            + " | ".join(f"Δ {v} − {losses[0]}, paired [95 % CI]" for v in losses[1:])
+            + " | " + " | ".join(f"Δ per seed ({v})" for v in losses[1:]) + " |",
+            "|---|" + "---:|" * (len(losses) + 2 * (len(losses) - 1))]
+    for row in rows:
+        if not any(row["values"].values()):
+            continue
+        cells = [fmt(*mean_std(list(row["values"][loss].values())), n) for loss in losses]
+        deltas = [paired_cell(list(row["paired"][loss].values()), n) for loss in losses[1:]]
+        per_seed = [", ".join(f"{d:+.1f}" for d in row["paired"][loss].values()) or "n/a" for loss in losses[1:]]
+        head.append(f"| {column(row)} | " + " | ".join(cells + deltas + per_seed) + " |")
+    return "\n".join(list(header) + ([""] if header else []) + head)
 
 
 Table = Tuple[List[str], List[int], Dict[str, Dict[str, Dict[int, float]]]]  # losses, seeds, column -> values

@@ -3,8 +3,11 @@
 ``CaptionTargetLoss`` implements ``registry.PluginLoss``: it asks the loop for the batch's token ids
 (the loader's CPU tensor, under ``registry.BATCH_TOKENS``), turns them into unit caption embeddings on
 the host (table) or on the encoder's device (online) and moves them to the features' device without a
-host-device synchronisation; at the end of an epoch it logs the odd-caption counts summed over ranks;
-``single_process()`` gives the same loss for one process (the training objective on validation data).
+host-device synchronisation (``to_device``); at the end of an epoch it logs the odd-caption counts summed
+over ranks; ``single_process()`` gives the same loss for one process (the training objective on validation
+data). The embedder and its counts are handed in (``targets``: ``caption_embedder`` and its ``stats``,
+which count, describe and renew themselves), so this floor of the losses imports none of the layers that
+read files or run the caption encoder.
 """
 import copy
 import logging
@@ -13,8 +16,16 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..targets.embedders import to_device
 from .graph import check_topk
+
+
+def to_device(embeddings: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move host embeddings to the features' device without making the host wait (pinned, non-blocking)."""
+    if embeddings.device == device:
+        return embeddings
+    if embeddings.device.type == "cpu" and device.type == "cuda":
+        embeddings = embeddings.pin_memory()
+    return embeddings.to(device, non_blocking=True)
 
 
 class CaptionTargetLoss(nn.Module):
@@ -51,29 +62,26 @@ class CaptionTargetLoss(nn.Module):
 
     def end_epoch(self, epoch: int, args) -> None:
         """Log (rank 0) this epoch's odd-caption counts, summed over ranks, and start counting afresh."""
-        from ..targets.stats import CaptionStats, describe_caption_stats
-
         stats = getattr(self.caption_embedder, "stats", None)
         if stats is None:
             return
         counts = stats.take()
         if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            fields = list(counts)  # the same order on every rank (the counts' fixed fields)
             device = torch.device(args.device) if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
-            total = torch.tensor([counts[f] for f in CaptionStats.FIELDS], dtype=torch.long, device=device)
+            total = torch.tensor([counts[f] for f in fields], dtype=torch.long, device=device)
             torch.distributed.all_reduce(total)
-            counts = dict(zip(CaptionStats.FIELDS, total.tolist()))
+            counts = dict(zip(fields, total.tolist()))
         if self.rank == 0:
             decoder = getattr(self.caption_embedder, "decoder", None)
-            logging.info(f"X-Sample captions, epoch {epoch}: " + describe_caption_stats(
+            logging.info(f"X-Sample captions, epoch {epoch}: " + stats.describe(
                 counts, getattr(decoder, "context_length", 0), getattr(self.caption_embedder, "text_checked", True)))
 
     def single_process(self) -> "CaptionTargetLoss":
         """This loss for one process (no gather), sharing the embedder's cache but not its epoch counts."""
-        from ..targets.stats import CaptionStats
-
         twin = copy.copy(self)
         twin.rank, twin.world_size = 0, 1
         if self.caption_embedder is not None and hasattr(self.caption_embedder, "stats"):
             twin.caption_embedder = copy.copy(self.caption_embedder)
-            twin.caption_embedder.stats = CaptionStats()
+            twin.caption_embedder.stats = type(self.caption_embedder.stats)()  # fresh counts of the same kind
         return twin

@@ -98,12 +98,3 @@ class TableCaptionEmbeddings:
         flags = self.decoder.token_flags(rows) if self.decoder is not None else np.zeros(len(keys), np.int64)
         self.stats.observe(keys, flags)
         return torch.from_numpy(emb)
-
-
-def to_device(embeddings: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move host embeddings to the features' device without making the host wait (pinned, non-blocking)."""
-    if embeddings.device == device:
-        return embeddings
-    if embeddings.device.type == "cpu" and device.type == "cuda":
-        embeddings = embeddings.pin_memory()
-    return embeddings.to(device, non_blocking=True)
