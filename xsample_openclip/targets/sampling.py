@@ -97,7 +97,7 @@ def calibration_sample(args, k=CALIBRATION_CAPTIONS) -> CaptionSample:
     else:
         flag, value, fix = "--train-data", args.train_data, WAYS_OUT if auto else WAY_OUT_GRAPH
     if not value:
-        raise CalibrationDataError(f"--xsample-tau-s auto needs captions to calibrate on and there is no {flag}; {fix}")
+        raise CalibrationDataError(f"--xsample-tau-s auto needs training captions to calibrate on and there is no {flag}; {fix}")
     try:
         dataset_type = _calibration_type(data, args.dataset_type) if data else args.dataset_type
         sample = sample_uniform(value, k, args.seed, dataset_type, args.csv_caption_key, args.csv_separator)
@@ -106,7 +106,7 @@ def calibration_sample(args, k=CALIBRATION_CAPTIONS) -> CaptionSample:
                                    f"{err}. Either {fix}") from None
     if len(sample.captions) < 2:
         raise CalibrationDataError(
-            f"--xsample-tau-s auto needs captions to calibrate on, but fewer than 2 could be read from {flag} "
+            f"--xsample-tau-s auto needs training captions to calibrate on, but fewer than 2 could be read from {flag} "
             f"{value} ({sample.describe()}; {sample.report.summary()}); {fix}")
     if data:
         sample.origin = f"--xsample-calibration-data {data}"

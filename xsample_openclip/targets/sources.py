@@ -234,10 +234,16 @@ class _BoundedReader:
 
     def finish(self):
         """Read to the end (a tar's padding after its last member) and close; the opener's failure raises."""
+        import subprocess
+
         try:
             while self.read(1 << 20):
                 pass
+            if self.deadline is not None and self.fd is not None:  # Pipe.close waits for its command
+                self.stream.timeout = max(0.1, self.deadline - time.monotonic())
             self.stream.close()
+        except subprocess.TimeoutExpired:
+            self._expire()
         except OSError as err:
             raise self.failure(err) from None
 
