@@ -93,17 +93,19 @@ def calibration_sample(args, k=CALIBRATION_CAPTIONS) -> CaptionSample:
     auto = getattr(args, "xsample_tau_s", "auto") == "auto"
     if data:
         flag, value = "--xsample-calibration-data", data
-        fix = "fix --xsample-calibration-data" + (", or pass a number instead (e.g. --xsample-tau-s 0.1)" if auto else "")
+        fix = "fix --xsample-calibration-data" + (", or pass a number instead (e.g. --xsample-tau-s 0.1)"
+                                                  if auto else "")
     else:
         flag, value, fix = "--train-data", args.train_data, WAYS_OUT if auto else WAY_OUT_GRAPH
     if not value:
-        raise CalibrationDataError(f"--xsample-tau-s auto needs training captions to calibrate on and there is no {flag}; {fix}")
+        raise CalibrationDataError(f"--xsample-tau-s auto needs training captions to calibrate on and there is no "
+                                   f"{flag}; {fix}")
     try:
         dataset_type = _calibration_type(data, args.dataset_type) if data else args.dataset_type
         sample = sample_uniform(value, k, args.seed, dataset_type, args.csv_caption_key, args.csv_separator)
-    except (ValueError, KeyError, StreamError) as err:
+    except (ValueError, KeyError, OSError, StreamError) as err:
         raise CalibrationDataError(f"--xsample-tau-s auto could not read the training captions of {flag} {value}: "
-                                   f"{err}. Either {fix}") from None
+                                   f"{err}; {fix}") from None
     if len(sample.captions) < 2:
         raise CalibrationDataError(
             f"--xsample-tau-s auto needs training captions to calibrate on, but fewer than 2 could be read from {flag} "
