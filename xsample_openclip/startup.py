@@ -8,7 +8,11 @@ wraps its loader, and once the module has executed applies the patch. A process 
 OpenCLIP pays for a set lookup per import and nothing else. ``XSAMPLE_OPENCLIP_DISABLE=1`` turns it off;
 then a process that asks ``open_clip_train.main`` for a plugin loss (any ``--loss`` but ``clip``: stock
 OpenCLIP has no ``--loss``) is stopped here, because stock OpenCLIP would read ``--loss xsample`` as
-``--loss-dist-impl xsample`` and silently train plain CLIP: the message names the hook-free launcher, ``python -m xsample_openclip.launch``.
+``--loss-dist-impl xsample`` and silently train plain CLIP: the message names the hook-free launchers,
+the console script ``xsample-openclip-train`` and ``python -m xsample_openclip.launch``.
+
+The ``.pth`` line imports this module only if ``importlib.util.find_spec`` finds it (setup.py), so a
+moved or deleted editable checkout leaves Python's start-up silent.
 """
 import os
 import sys
@@ -78,7 +82,8 @@ def install_hook() -> None:
 #: How a command line names OpenCLIP's trainer: ``-m open_clip_train.main`` or the path of its main.py.
 TRAINER_MODULE = "open_clip_train.main"
 TRAINER_SCRIPT = os.path.join("open_clip_train", "main.py")
-LAUNCHER = "python -m xsample_openclip.launch"
+LAUNCHER = "xsample-openclip-train"
+LAUNCHER_MODULE = "python -m xsample_openclip.launch"
 
 
 def _trainer_args(argv):
@@ -108,7 +113,8 @@ def plugin_loss_asked(argv):
 def refusal(loss):
     return (f"xsample-openclip: XSAMPLE_OPENCLIP_DISABLE=1 turns the start-up hook off, so stock OpenCLIP would "
             f"read '--loss {loss}' as '--loss-dist-impl {loss}' and silently train plain CLIP. Run the same "
-            f"command as '{LAUNCHER} <flags>' (it patches OpenCLIP itself), or unset XSAMPLE_OPENCLIP_DISABLE.\n")
+            f"command as '{LAUNCHER} <flags>' or '{LAUNCHER_MODULE} <flags>' (both patch OpenCLIP themselves), or "
+            f"unset XSAMPLE_OPENCLIP_DISABLE.\n")
 
 
 def _disabled() -> bool:

@@ -10,6 +10,10 @@ import json
 from dataclasses import dataclass
 from importlib import metadata, resources
 
+from xsample_openclip.extras import require
+
+require("demo", what="the demo's emoji data (xsample_openclip.data)")
+
 #: Subgroups left out: components (bare skin tones) and squared letters/CJK ideographs, whose names
 #: ("squared cjk unified ideograph-6e80") are not natural language.
 SKIPPED_SUBGROUPS = frozenset({"skin-tone", "alphanum"})

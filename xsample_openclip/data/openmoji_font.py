@@ -16,6 +16,10 @@ import io
 
 from PIL import Image, ImageDraw, ImageFont
 
+from xsample_openclip.extras import require
+
+require("demo", what="the demo's emoji data (xsample_openclip.data)")
+
 FONT_FILE = "glyf_colr0.ttf"
 _PRIVATE_USE_START = 0xF0000  # Supplementary Private Use Area-A: never a real emoji
 _VARIATION_SELECTOR_16 = 0xFE0F

@@ -12,3 +12,6 @@ table from it alone; ``plots`` draws the comparison and the training-loss curves
 ``--family paper`` comparison (CLIP, SimCLR, X-CLR, SupCon, X-Sample by linear probe) and ``datasize``
 plots its probe accuracy against the training-data fraction.
 """
+from xsample_openclip.extras import require
+
+require("eval", "demo", what="the demo (python -m xsample_openclip.demo)")
