@@ -123,6 +123,7 @@ def test_sigmoid_runs_log_the_sigmoid_formula(small, loss):
     assert cr.logged_losses(run)[0] == pytest.approx(expected, rel=2e-4)
 
 
+@pytest.mark.openclip_compat
 def test_validation_reports_the_training_objective_too(small):
     root, csv = small
     init = cr.save_init(root / "init-val.pt")

@@ -93,12 +93,14 @@ def reference(setup, loss, rows=None):
                            clip_weight=cr.DEFAULT_CLIP_WEIGHT)  # the package default: no --xsample-clip-weight in XS
 
 
+@pytest.mark.openclip_compat
 @pytest.mark.parametrize("loss", ["clip", "online", "table"])
 def test_one_process_first_loss_is_the_formula(setup, single, loss):
     first = cr.logged_losses(single[loss])[0]
     assert first == pytest.approx(reference(setup, "clip" if loss == "clip" else "xsample"), rel=2e-4)
 
 
+@pytest.mark.openclip_compat
 @pytest.mark.parametrize("source", ["online", "table"])
 @pytest.mark.parametrize("mode", MODES, ids=mode_id)
 def test_two_processes_match_one(setup, single, mode, source):
@@ -136,6 +138,7 @@ def test_gradient_accumulation_with_two_processes(setup):
     assert cr.update_difference(cr.weights(two, 3), cr.weights(one, 3), setup["init"]) < SAME_UPDATE
 
 
+@pytest.mark.openclip_compat
 def test_two_process_run_killed_mid_epoch_resumes(setup):
     cwd = setup["root"] / "killed"
     cwd.mkdir()
@@ -180,6 +183,7 @@ def test_rank_zero_table_refusal_stops_every_rank(setup, tmp_path):
     assert not (setup["root"] / "refused-table" / "logs").exists()
 
 
+@pytest.mark.openclip_compat
 def test_rank_zero_resume_refusal_stops_every_rank(setup, single):
     cwd = setup["root"] / "resume-refused"
     cwd.mkdir()

@@ -10,6 +10,8 @@ from open_clip_train import distributed, params
 from xsample_openclip import registry
 from xsample_openclip.patches import version
 
+pytestmark = pytest.mark.openclip_compat
+
 BASE = ["--train-data", "x.csv", "--model", "xs-tiny-vit-32", "--device", "cpu"]
 
 
@@ -35,6 +37,8 @@ def test_loss_is_exact_and_not_an_abbreviation_of_loss_dist_impl():
     assert params.parse_args(BASE).loss == registry.DEFAULT_LOSS == "clip"
 
 
+@pytest.mark.skipif("__import__('open_clip').__version__ == '3.0.0'",
+                    reason="open-clip-torch 3.0.0 refuses --loss xclr (no CLIP.lock_text_tower): test_version_gate.py")
 def test_the_clip_weight_default_is_the_validated_mix_for_xsample_only(capsys):
     """Absent, --xsample-clip-weight is 0.5 for --loss xsample (the validated setting, docs/studies/validation.md)
     and stays unset for the other losses, so --loss xclr, which has no image-text term, still refuses an

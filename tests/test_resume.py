@@ -87,6 +87,7 @@ def test_the_killed_run_left_complete_stock_checkpoints(root):
     assert len(order(root / "killed.jsonl")[2]) == KILL_AT[1]  # it died inside epoch 2
 
 
+@pytest.mark.openclip_compat
 def test_resume_latest_continues_with_xsample_and_ends_close_to_the_uninterrupted_run(root, csv_data):
     result, run = resume(root, csv_data, "resumed")
     assert result is None
@@ -175,6 +176,7 @@ def test_resume_of_a_run_from_before_the_clip_weight_default_changed_is_refused(
     assert args.xsample_clip_weight == 0.0  # given again, the run continues with its own weight
 
 
+@pytest.mark.openclip_compat
 def test_resume_that_forgets_the_loss_is_refused_instead_of_training_plain_clip(root, capsys):
     err = refusal(capsys, root, "--resume", "latest")
     assert "--loss: xsample in that run, clip now" in err
