@@ -262,7 +262,8 @@ def unsupported_version_message() -> Optional[str]:
     if reference_release(found) is not None:
         return None
     return (f"xsample-openclip {__version__} patches {supported_text()}, but open-clip-torch {found} is "
-            f"installed; {_fix()}")
+            f"installed; {_fix()} (without --loss and the --xsample-* flags, OpenCLIP trains as it does "
+            "without the plugin)")
 
 
 def source_hash(obj) -> str:

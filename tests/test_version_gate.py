@@ -177,6 +177,7 @@ def test_a_release_outside_the_range_is_refused_naming_the_range(monkeypatch, re
     assert f"open-clip-torch {release} is installed" in message
     assert "open-clip-torch 3.0.0 through 3.3.x" in message
     assert "pip install 'open-clip-torch[training]>=3.0,<3.4'" in message
+    assert "without --loss and the --xsample-* flags, OpenCLIP trains as it does without the plugin" in message
     assert version.changed_sources() == [message]
 
 
@@ -255,3 +256,78 @@ def test_two_process_validation_reports_the_plugin_objective(tmp_path):
         one, two = val_losses(runs["one"], key), val_losses(runs["two"], key)
         assert len(two) == 2 and two == pytest.approx(one, rel=1e-3), key
     assert "CPU distributed training (2 processes, backend gloo)" in (runs["two"] / "out.log").read_text()
+
+
+# --- outside the range, through main: a later release and a modified fork -----------------------------------
+
+def copied_open_clip(root, release=None, edit=None):
+    """The installed open_clip and open_clip_train copied under ``root`` (put first on PYTHONPATH): with
+    another release number (module and package metadata), or with ``edit`` (file, old, new) applied."""
+    import shutil
+    from pathlib import Path
+
+    site = Path(open_clip.__file__).parent.parent
+    for package in ("open_clip", "open_clip_train"):
+        shutil.copytree(site / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    from xsample_openclip import model_configs  # out of range the plugin registers nothing: a config of its own
+
+    shutil.copy(model_configs.CONFIG_DIR / f"{cr.MODEL}.json", root / "open_clip" / "model_configs")
+    [info] = site.glob(f"open_clip_torch-{INSTALLED}.dist-info")
+    shutil.copytree(info, root / info.name.replace(INSTALLED, release or INSTALLED))
+    if release:
+        for path in (root / "open_clip" / "version.py", root / info.name.replace(INSTALLED, release) / "METADATA"):
+            text = path.read_text()
+            path.write_text(text.replace(f"'{INSTALLED}'", f"'{release}'").replace(f"Version: {INSTALLED}",
+                                                                                  f"Version: {release}"))
+    if edit:
+        path, old, new = root / edit[0], edit[1], edit[2]
+        assert path.read_text().count(old) == 1
+        path.write_text(path.read_text().replace(old, new))
+    return str(root)
+
+
+def main_in(tmp_path, pythonpath, *argv):
+    import os
+
+    import tiny_data
+
+    csv = tiny_data.write_csv(tmp_path / "data", n=8)
+    cwd = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+    cwd.mkdir()
+    env = dict(os.environ, PYTHONPATH=pythonpath, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "open_clip_train.main", "--train-data", str(csv), "--dataset-type", "csv",
+           "--model", cr.MODEL, "--batch-size", "4", "--epochs", "1", "--workers", "0", "--device", "cpu",
+           "--lr", "0.01", "--name", "r", *argv]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300), cwd / "logs" / "r"
+
+
+TRAIN_ONE_EPOCH = ("open_clip_train/train.py", "def train_one_epoch(model, data, loss, epoch, optimizer, scaler, "
+                   "scheduler, dist_model, args, tb_writer=None):\n",
+                   "def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, "
+                   "tb_writer=None):\n    pass  # a fork's change\n")
+
+
+@pytest.mark.parametrize("kind", ["release 3.4.0", "modified fork"])
+def test_outside_the_range_a_plugin_loss_is_refused_and_stock_training_runs(tmp_path, kind):
+    if kind == "release 3.4.0":
+        path = copied_open_clip(tmp_path / "oc", release="3.4.0")
+        refusal = ("patches open-clip-torch 3.0.0 through 3.3.x, but open-clip-torch 3.4.0 is installed; install a "
+                   "supported release, e.g. pip install 'open-clip-torch[training]>=3.0,<3.4'")
+        stock = ()  # out of range nothing is patched and OpenCLIP has no --loss: stock flags only
+    else:
+        path = copied_open_clip(tmp_path / "oc", edit=TRAIN_ONE_EPOCH)
+        refusal = (f"open_clip_train.train.train_one_epoch in open-clip-torch {INSTALLED} is not the "
+                   f"open-clip-torch {INSTALLED} code that xsample-openclip")
+        stock = ("--loss", "clip")
+    proc, logs = main_in(tmp_path, path, "--loss", "xsample", "--xsample-tau-s", "0.2")
+    assert proc.returncode != 0 and refusal in proc.stderr and "open-clip-torch 3.0.0 through 3.3.x" in proc.stderr
+    assert not logs.exists()  # refused before the log folder, so before any step
+    proc, logs = main_in(tmp_path, path, *stock)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (logs / "checkpoints" / "epoch_1.pt").is_file() and "Train Epoch: 0" in (logs / "out.log").read_text()
+    probe = ("import open_clip, open_clip_train.train as t; "
+             "print(open_clip.__file__, getattr(t.train_one_epoch, '__xsample_patched__', False))")
+    out = subprocess.run([sys.executable, "-c", probe], env={**__import__("os").environ, "PYTHONPATH": path},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0].startswith(path)
+    assert out[1] == ("False" if kind == "release 3.4.0" else "True")  # in range, a fork is patched but refused
