@@ -21,10 +21,11 @@ from setuptools.command.editable_wheel import editable_wheel
 
 HERE = Path(__file__).resolve().parent
 HOOK_PTH = "xsample_openclip_hook.pth"
-#: Executed by ``site`` at every start of the environment's Python: import the hook only where the
-#: package (and its hook module) can be found.
-HOOK_LINE = ("import importlib.util as _u; _u.find_spec('xsample_openclip') is not None and "
-             "_u.find_spec('xsample_openclip.startup') is not None and __import__('xsample_openclip.startup')\n")
+#: Executed by ``site`` at every start of the environment's Python: import the hook only if an import
+#: finder finds the package (what ``importlib.util.find_spec`` does for a top-level name, without importing
+#: importlib.util, which costs more at start-up than the hook itself).
+HOOK_LINE = ("import sys; any(f.find_spec('xsample_openclip', None) for f in sys.meta_path if hasattr(f, 'find_spec')) "
+             "and __import__('xsample_openclip.startup')\n")
 
 
 class BuildPyWithHook(build_py):

@@ -11,7 +11,7 @@ OpenCLIP has no ``--loss``) is stopped here, because stock OpenCLIP would read `
 ``--loss-dist-impl xsample`` and silently train plain CLIP: the message names the hook-free launchers,
 the console script ``xsample-openclip-train`` and ``python -m xsample_openclip.launch``.
 
-The ``.pth`` line imports this module only if ``importlib.util.find_spec`` finds it (setup.py), so a
+The ``.pth`` line imports this module only if an import finder finds the package (setup.py), so a
 moved or deleted editable checkout leaves Python's start-up silent.
 """
 import os
