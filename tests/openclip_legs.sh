@@ -37,10 +37,15 @@ leg() {  # leg RELEASE MARKERS [-k EXPR]
     fi
     local start=$SECONDS
     echo "=== OpenCLIP leg: open-clip-torch $release ($markers $*)"
-    PYTHONPATH="$PWD/$target" "$PY" -m pytest -q -p no:cacheprovider -m "$markers" "$@" tests
-    echo "=== OpenCLIP leg: open-clip-torch $release passed in $((SECONDS - start)) s"
+    if PYTHONPATH="$PWD/$target" "$PY" -m pytest -q -p no:cacheprovider -m "$markers" "$@" tests; then
+        echo "=== OpenCLIP leg: open-clip-torch $release passed in $((SECONDS - start)) s"
+    else
+        echo "=== OpenCLIP leg: open-clip-torch $release FAILED after $((SECONDS - start)) s"
+        failed+=("$release")
+    fi
 }
 
+failed=()
 releases=("$@")
 [ ${#releases[@]} -gt 0 ] || releases=(3.2.0 3.0.0 3.1.0)
 for release in "${releases[@]}"; do
@@ -50,3 +55,7 @@ for release in "${releases[@]}"; do
         *) echo "no OpenCLIP leg for $release (legs: 3.0.0 3.1.0 3.2.0)" >&2; exit 2 ;;
     esac
 done
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "OpenCLIP legs failed: ${failed[*]}" >&2
+    exit 1
+fi

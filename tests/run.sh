@@ -19,3 +19,4 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q --no-deps --
 
 "${PIP[@]}" -e .
 XSAMPLE_EXPECT_INSTALL=editable .venv/bin/python -m pytest -q tests "$@"
+bash tests/openclip_legs.sh  # the older OpenCLIP releases of the supported range (docs/compatibility.md)
