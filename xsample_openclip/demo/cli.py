@@ -6,6 +6,7 @@
     python -m xsample_openclip.demo --out runs/sig --family sigmoid         # stock SigLIP vs X-Sample SigLIP
     python -m xsample_openclip.demo --out runs/ft --finetune                # fine-tune a trained stock CLIP
     python -m xsample_openclip.demo --out runs/shapes --dataset shapes      # attribute-heavy captions
+    python -m xsample_openclip.demo --out runs/lit --text-tower minilm      # pretrained MiniLM text tower, locked
     python -m xsample_openclip.demo --out runs/bg --data-variant decorrelated   # backgrounds carry no class
     python -m xsample_openclip.demo --out runs/sp --dataset shapes --data-variant mixed   # another caption style
     python -m xsample_openclip.demo --out runs/paper --family paper --seeds 0 1 2 3 4   # CLIP, SimCLR, X-CLR,
@@ -32,6 +33,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..model_configs import minilm
 from .datasets import DATASETS, data_folder
 from .runs import RunSpec, TrainData, TrainSettings, loss_curve, train_all
 
@@ -46,6 +48,9 @@ FAMILIES = {
 #: Learning rate per family, each chosen on the validation split with the stock baseline's zero-shot top-1
 #: (docs/studies/validation.md): 2.5e-4 for CLIP, 5e-4 for SigLIP; the paper family keeps the softmax choice.
 FAMILY_LR = {"softmax": 2.5e-4, "sigmoid": 5e-4, "paper": 2.5e-4}
+#: --text-tower: (default model, flags every run adds). ``minilm``: the packaged all-MiniLM-L6-v2 as the text
+#: tower, every MiniLM weight locked (LayerNorms too), a learned projection (docs/lit-regime.md).
+TEXT_TOWERS = {"scratch": (None, ()), "minilm": ("xs-tiny-vit-64-minilm", minilm.LOCK_FLAGS)}
 
 
 def _positive_int(text):
@@ -99,7 +104,12 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=None,
                    help=f"default per --family, chosen on validation: {FAMILY_LR}")
     p.add_argument("--warmup", type=int, default=DEFAULT_SETTINGS.warmup)
-    p.add_argument("--model", default=None, help="default: xs-tiny-vit-64 (softmax), xs-tiny-sigmoid-64 (sigmoid)")
+    p.add_argument("--model", default=None, help="default: xs-tiny-vit-64 (softmax), xs-tiny-sigmoid-64 (sigmoid), "
+                                                 "xs-tiny-vit-64-minilm (--text-tower minilm)")
+    p.add_argument("--text-tower", choices=sorted(TEXT_TOWERS), default="scratch",
+                   help="scratch: both towers learn from scratch; minilm: the packaged all-MiniLM-L6-v2, locked "
+                        f"({' '.join(minilm.LOCK_FLAGS)}), with a learned projection (softmax family; "
+                        "docs/lit-regime.md)")
     p.add_argument("--variant", type=parse_variant, action="append", dest="variants",
                    help="an X-Sample run NAME=FLAGS, repeatable (a sweep); all share the baseline "
                         "(default: one run with the package's defaults)")
@@ -147,16 +157,31 @@ def parse_args(argv):
         p.error("--data-fraction and --paper-losses belong to --family paper")
     if args.data_variant not in DATASETS[args.dataset].variants:
         p.error(f"--data-variant for {args.dataset}: one of {DATASETS[args.dataset].variants}")
+    _check_text_tower(p, args)
     if args.lr is None:
         args.lr = FAMILY_LR[args.family]
     return args
+
+
+def _check_text_tower(p, args):
+    """--text-tower minilm: the softmax family with a MiniLM config (its default unless --model names one)."""
+    if args.text_tower == "scratch":
+        if args.model in minilm.NAMES:
+            p.error(f"--model {args.model} has the MiniLM text tower: add --text-tower minilm (it locks the tower)")
+        return
+    if args.family != "softmax":
+        p.error(f"--text-tower {args.text_tower} runs the softmax family (CLIP vs X-Sample); drop --family {args.family}")
+    if args.model is not None and args.model not in minilm.NAMES:
+        p.error(f"--text-tower {args.text_tower}: --model must be one of {', '.join(minilm.NAMES)}, got {args.model}")
+    args.model = args.model or TEXT_TOWERS[args.text_tower][0]
 
 
 def _train(args, data, out: Path):
     """Train every run; returns (settings, {run: checkpoint}, the names of the compared losses)."""
     base_name, _, xs_loss, default_model = FAMILIES[args.family]
     settings = TrainSettings(model=args.model or default_model, epochs=args.epochs, batch_size=args.batch_size,
-                             lr=args.lr, wd=DEFAULT_SETTINGS.wd, warmup=args.warmup)
+                             lr=args.lr, wd=DEFAULT_SETTINGS.wd, warmup=args.warmup,
+                             extra=TEXT_TOWERS[args.text_tower][1])
     train_data = TrainData(csv=str(data.train_csv), num_samples=data.train_num_samples)
     variants = args.variants or [(xs_loss[1], ())]
     logs = out / "logs"
@@ -178,6 +203,9 @@ def _describe(args, settings, variants, losses):
              + (f", held-out sets x{args.eval_scale}" if args.eval_scale != 1 else "")
              + f", split {args.split}; model {settings.model}, {settings.epochs} epochs, batch {settings.batch_size}, "
              f"lr {settings.lr}, wd {settings.wd}, warmup {settings.warmup}; seeds {args.seeds}"]
+    if args.text_tower == "minilm":
+        lines.append(f"text tower: the packaged all-MiniLM-L6-v2, every weight locked ({' '.join(settings.extra)}); "
+                     "the projection, the image tower and the logit scale learn")
     if args.finetune:
         lines.append(f"fine-tuning: every loss continues from the stock baseline trained {args.epochs} epochs "
                      f"(--pretrained), for {settings.epochs} epochs at lr {settings.lr}")
@@ -199,7 +227,7 @@ def main(argv=None):
     out = Path(args.out).resolve()
     dataset = DATASETS[args.dataset]
     model = args.model or FAMILIES["softmax" if args.family == "paper" else args.family][3]
-    image_size = 32 if model.endswith("-32") else 64
+    image_size = model_configs.image_size(model) or (32 if model.endswith("-32") else 64)
     data = dataset.build(data_folder(out, dataset, args.data_variant, args.data_seed, image_size, args.eval_scale),
                          args.data_seed, image_size, args.data_variant, args.eval_scale)
     if args.family == "paper":

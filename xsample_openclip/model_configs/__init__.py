@@ -49,8 +49,9 @@ def write(folder) -> list:
 
 
 def image_size(model: str):
-    """The image size of a registered config (call ``register()`` first); None for other models."""
-    from open_clip import get_model_config
-
-    config = get_model_config(model)
-    return None if config is None else config["vision_cfg"]["image_size"]
+    """The image size of one of the package's configs; None for any other model."""
+    if model in SCRATCH_NAMES:
+        return json.loads((CONFIG_DIR / f"{model}.json").read_text())["vision_cfg"]["image_size"]
+    if model in minilm.BASES:
+        return image_size(minilm.BASES[model])
+    return None

@@ -1,0 +1,57 @@
+"""``--text-tower minilm``: the demo with the packaged all-MiniLM-L6-v2 as a locked text tower.
+
+The end-to-end run is the README's main command shrunk as tests/test_demo.py shrinks it (one epoch of
+the 32 px image tower), with the probe: every number of the scratch regime comes out, both runs trained
+with the tower locked, and the checkpoints still hold the packaged MiniLM."""
+import json
+
+import pytest
+import torch
+from test_demo import demo
+
+from xsample_openclip.demo import cli
+from xsample_openclip.model_configs import minilm
+
+
+def test_minilm_text_tower_defaults_to_the_64px_config_and_locks_every_run():
+    args = cli.parse_args(["--out", "x", "--text-tower", "minilm"])
+    assert args.model == "xs-tiny-vit-64-minilm" and args.family == "softmax" and args.lr == cli.FAMILY_LR["softmax"]
+    assert cli.TEXT_TOWERS["minilm"][1] == ("--lock-text", "--lock-text-freeze-layer-norm")
+    assert cli.parse_args(["--out", "x", "--text-tower", "minilm", "--model", "xs-tiny-vit-32-minilm"]).model \
+        == "xs-tiny-vit-32-minilm"
+    assert cli.parse_args(["--out", "x"]).model is None  # the scratch regime keeps its family default
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--text-tower", "minilm", "--family", "sigmoid"], "drop --family sigmoid"),
+    (["--text-tower", "minilm", "--family", "paper"], "drop --family paper"),
+    (["--text-tower", "minilm", "--model", "xs-tiny-vit-64"], "--model must be one of"),
+    (["--model", "xs-tiny-vit-64-minilm"], "add --text-tower minilm"),
+])
+def test_mismatched_text_tower_settings_are_refused_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--out", "x", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_demo_lit_regime_end_to_end(tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "lit"
+    proc = demo(out, "--text-tower", "minilm", "--probe", model="xs-tiny-vit-32-minilm")
+    for row in ("| zero-shot top-1, 10 concepts |", "| text-to-image retrieval R@5 |",
+                "| linear probe top-1, 10 concepts |", "| BG-Gap = mixed_same - mixed_rand (lower is better) |"):
+        assert row in proc.stdout, row
+    assert (out / "data" / "emoji-seed0-32px").is_dir()
+    assert "text tower: the packaged all-MiniLM-L6-v2, every weight locked" in (out / "summary-test.md").read_text()
+    packaged = load_file(str(minilm.model_path() / "model.safetensors"))
+    for run, loss in (("clip-s0", "clip"), ("xsample-s0", "xsample")):
+        params = (out / "logs" / run / "params.txt").read_text()
+        assert f"loss: {loss}" in params and "model: xs-tiny-vit-32-minilm" in params
+        assert "lock_text: True" in params and "lock_text_freeze_layer_norm: True" in params
+        state = torch.load(out / "logs" / run / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=True)
+        tower = {k.split("text.transformer.", 1)[1]: v for k, v in state["state_dict"].items() if "text.transformer." in k}
+        assert all(torch.equal(tower[k], packaged[k]) for k in packaged if k in tower)
+    summary = json.loads((out / "summary-test.json").read_text())
+    top1 = next(r for r in summary["rows"] if r["label"] == "zero-shot top-1, 10 concepts")
+    assert set(top1["values"]) == {"clip", "xsample"}
