@@ -1,4 +1,4 @@
-"""Every change this plugin makes to OpenCLIP 3.3.0, in one place.
+"""Every change this plugin makes to OpenCLIP (3.0.0 through 3.3.x: version.py), in one place.
 
 Wrapped, each idempotently, right after its module is imported (``apply``, called by the start-up
 hook) or explicitly (``install``):
@@ -15,7 +15,9 @@ hook) or explicitly (``install``):
 - ``open_clip_train.data.get_data``: two augmented views per training image with ``--xsample-views 2``
   (views.py; the training loop then flattens them for the model, train_loop.py);
 - the same names already bound in ``open_clip_train.main``, if it was imported first.
-The package's tiny model configs are registered with OpenCLIP as well.
+The package's tiny model configs are registered with OpenCLIP as well. What an older release lacks or
+does otherwise is covered by a shim named after it (``openclip_3_0_0.py``, ``openclip_3_0_to_3_2.py``),
+which version.py selects for the installed release.
 """
 import functools
 import importlib
