@@ -36,6 +36,9 @@ def test_a_good_environment_is_ready(csv_data, tmp_path):
     import xsample_openclip
 
     assert _line(out, "xsample-openclip").startswith(xsample_openclip.__version__)
+    expected = os.environ.get("XSAMPLE_EXPECT_INSTALL")
+    if expected:
+        assert _line(out, "xsample-openclip").endswith(f"({expected} install)")
     assert _line(out, "torch").startswith(torch.__version__)
     assert _line(out, "OpenCLIP").startswith(f"open-clip-torch {open_clip.__version__}, supported")
     assert _line(out, "start-up hook").startswith("active in this interpreter")
@@ -77,6 +80,13 @@ def test_a_changed_relied_on_function_fails(monkeypatch, capsys):
     assert "open_clip_train.train.train_one_epoch" in out
     assert doctor.main(["--loss", "clip"]) == 0  # stock OpenCLIP's loss is never refused by the gate
     capsys.readouterr()
+
+
+def test_an_open_clip_that_cannot_be_imported_fails(monkeypatch, capsys):
+    """As with torch 2.13.0's CPU build beside torchvision's CUDA build, whose operators do not load."""
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # importing it now raises ImportError
+    assert doctor.main(["--loss", "clip"]) == 1
+    assert "cannot be imported (ModuleNotFoundError" in _line(capsys.readouterr().out, "OpenCLIP")
 
 
 def test_data_auto_cannot_sample_fails(tmp_path, capsys):

@@ -51,26 +51,30 @@ def _dist_version(name):
         return None
 
 
+def install_mode() -> str:
+    """How pip installed the package: from its ``direct_url.json`` (an ``.egg-info`` folder left in a
+    checkout on ``sys.path`` has none and is skipped)."""
+    found = list(metadata.distributions(name="xsample-openclip"))
+    for dist in found:
+        direct = dist.read_text("direct_url.json")
+        if direct is not None:
+            return "editable install" if json.loads(direct).get("dir_info", {}).get("editable") else "regular install"
+    return "installed by pip, mode not recorded" if found else "not installed: found on sys.path"
+
+
 def check_plugin(report):
     import xsample_openclip
 
     where = Path(xsample_openclip.__file__).resolve().parent
-    mode = "regular install"
-    try:
-        direct = metadata.distribution("xsample-openclip").read_text("direct_url.json")
-    except metadata.PackageNotFoundError:
-        direct, mode = None, "not installed as a distribution (found on sys.path)"
-    if direct and json.loads(direct).get("dir_info", {}).get("editable"):
-        mode = "editable install"
-    report.line("xsample-openclip", f"{xsample_openclip.__version__}  {where} ({mode})")
+    report.line("xsample-openclip", f"{xsample_openclip.__version__}  {where} ({install_mode()})")
     report.line("python", f"{sys.version.split()[0]}  {sys.executable}")
 
 
 def check_torch(report):
     try:
         import torch
-    except ImportError as err:
-        report.fail("torch", f"not importable ({err})", "torch cannot be imported")
+    except (ImportError, OSError) as err:  # OSError: a CUDA build whose libraries are missing
+        report.fail("torch", f"cannot be imported ({type(err).__name__}: {err})", f"torch cannot be imported: {err}")
         return
     if torch.version.cuda is None:
         cuda = "CPU-only build"
@@ -92,6 +96,12 @@ def check_open_clip(report, loss):
     if refusal is not None:
         report.fail("OpenCLIP", f"open-clip-torch {found}, outside the supported range "
                     f"({version.supported_text()})", refusal)
+        return
+    try:
+        import open_clip  # noqa: F401
+    except (ImportError, RuntimeError, OSError) as err:  # RuntimeError: torchvision built for another torch
+        report.fail("OpenCLIP", f"open-clip-torch {found} cannot be imported ({type(err).__name__}: {err})",
+                    f"OpenCLIP cannot be imported: {type(err).__name__}: {err}")
         return
     reference = version.reference_release(found)
     if loss == "clip":
