@@ -173,3 +173,28 @@ def test_the_checkpoint_loads_in_stock_open_clip_with_the_hook_off(lit_run, tmp_
         expected = torch.nn.functional.normalize(sentence @ trained["text.proj.weight"].T, dim=-1)
     assert torch.allclose(stock["feats"], expected, atol=1e-5)
     assert stock["size"] in (32, (32, 32), [32, 32])
+
+
+def test_an_openclip_tokenizer_that_transformers_cannot_run_is_named_with_the_fix():
+    """OpenCLIP 3.0.0-3.2.x's HFTokenizer calls batch_encode_plus, gone in transformers 5."""
+
+    class OldHFTokenizer:
+        def __call__(self, texts):
+            return self.tokenizer.batch_encode_plus(texts)
+
+    class NewHFTokenizer:
+        def __call__(self, texts):
+            return self.tokenizer(texts)
+
+    class Transformers5Base:
+        pass
+
+    class Transformers4Base:
+        def batch_encode_plus(self, texts):
+            return texts
+
+    message = minilm.tokenizer_problem(OldHFTokenizer, Transformers5Base)
+    assert "batch_encode_plus" in message and "transformers<5" in message and "open-clip-torch>=3.3" in message
+    assert minilm.tokenizer_problem(OldHFTokenizer, Transformers4Base) is None
+    assert minilm.tokenizer_problem(NewHFTokenizer, Transformers5Base) is None
+    assert minilm.tokenizer_problem() is None  # this environment's OpenCLIP and transformers

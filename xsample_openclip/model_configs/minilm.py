@@ -16,6 +16,7 @@ itself (``hf_model_pretrained``, set by ``create_model`` when no CLIP checkpoint
 ``get_tokenizer`` builds an ``HFTokenizer`` from ``hf_tokenizer_name``: nothing comes from a hub.
 """
 import importlib.util
+import inspect
 import json
 from pathlib import Path
 
@@ -71,3 +72,22 @@ def write(folder, config_dir: Path) -> list:
         path.write_text(json.dumps(cfg, indent=4) + "\n")
         written.append(path)
     return written
+
+
+def tokenizer_problem(hf_tokenizer=None, tokenizer_base=None):
+    """Why OpenCLIP's ``HFTokenizer`` cannot tokenize here, with the fix; None where it can. OpenCLIP
+    3.0.0-3.2.x call the tokenizer's ``batch_encode_plus``, which transformers 5 removed (3.3.0 calls the
+    tokenizer itself). The classes are parameters only for the tests."""
+    if hf_tokenizer is None:
+        from open_clip.tokenizer import HFTokenizer as hf_tokenizer
+    if tokenizer_base is None:
+        from transformers import PreTrainedTokenizerBase as tokenizer_base
+    if "batch_encode_plus" in inspect.getsource(hf_tokenizer.__call__) \
+            and not hasattr(tokenizer_base, "batch_encode_plus"):
+        import open_clip
+        import transformers
+
+        return (f"OpenCLIP {open_clip.__version__}'s HFTokenizer calls batch_encode_plus, which transformers "
+                f"{transformers.__version__} no longer has, so the {', '.join(NAMES)} configs cannot tokenize: "
+                "pip install 'open-clip-torch>=3.3' or 'transformers<5'")
+    return None
