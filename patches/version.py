@@ -9,7 +9,8 @@ Two checks, both cheap and both run only once OpenCLIP itself is being imported 
   the helpers the losses call and the augmentation code the two views are made of. ``GATED`` lists
   them, each with what relies on it; ``SOURCES`` holds one table per supported release: the sha256 of
   ``inspect.getsource`` (of the stock function under a patch's wrapper) in that release, or ``ABSENT``
-  where the release lacks it and a shim named after the release covers that (``openclip_3_0_0.py``).
+  where the release lacks it (its other gated code does not use it, or a shim named after the release
+  covers that: ``openclip_3_0_0.py``).
   A release is checked against its own table; a release of the range without one (a later 3.3.x)
   against the newest table of its minor series. Any other source (a fork, a changed later release) is
   refused with the function's name, instead of, e.g., silently dropping ``xsample_val_loss`` or
@@ -294,9 +295,8 @@ def changed_sources(sources: Optional[Dict[str, Dict[Entry, str]]] = None) -> Li
     installed release (checked against that release's table in ``sources``, default ``SOURCES``)."""
     found_release = installed_open_clip_version()
     reference = reference_release(found_release)
-    refusal = unsupported_version_message()
-    if reference is None or refusal is not None:
-        return [refusal or f"no table of OpenCLIP sources for open-clip-torch {found_release}; {_fix()}"]
+    if reference is None:
+        return [unsupported_version_message()]
     table = (SOURCES if sources is None else sources)[reference]
     changed = []
     for (module_name, path), relied_on_by in GATED.items():
