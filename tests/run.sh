@@ -3,7 +3,7 @@
 # constraints.txt), then tests the install modes and a user's environment:
 #  1. a regular install (`pip install .`): the quick smoke subset, with the package from site-packages;
 #  2. a user's existing environment (older torch and OpenCLIP, no constraints file): `pip install .`
-#     replaces nothing and `--loss xsample` trains there (tests/user_env.sh, about 3-4 min; skipped with
+#     replaces nothing and `--loss xsample` trains there (tests/user_env.sh, about 2 min idle; skipped with
 #     XSAMPLE_SKIP_USER_ENV=1);
 #  3. an editable install (`pip install -e .`): the whole suite (pytest arguments pass through).
 set -euo pipefail
