@@ -14,7 +14,7 @@
 # of 3.1.0 is 3.2.0's (the gate tests check the hashes), so:
 #   3.2.0: every `openclip_compat` test and the install smoke set;
 #   3.0.0, 3.1.0: the gate and the refusals (3.0.0: --loss xclr refused before any step), the install
-#          smoke set, one-process xsample (and, from 3.1.0, xclr) runs against the formula, one
+#          smoke set, one-process clip/xsample (and, from 3.1.0, xclr) runs against the formula, one
 #          two-process mode of each, two-process validation, and a killed two-process run resumed.
 # Usage: bash tests/openclip_legs.sh [release ...]   (default: every leg)
 set -euo pipefail
@@ -23,7 +23,8 @@ export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 PY=.venv/bin/python
 
 FULL="openclip_compat or install_smoke"
-SMALL_K="test_version_gate or test_refusals or test_install or test_one_process_first_loss_is_the_formula \
+SMALL_K="test_version_gate or test_refusals or test_install or test_csv_run_trains_xsample \
+or test_one_process_first_loss_is_the_formula \
 or test_xclr_first_loss_is_the_formula or test_xsample_two_views_with_image_term \
 or (test_two_processes_match_one and local0-gwg1) or test_two_process_run_killed_mid_epoch_resumes"
 
