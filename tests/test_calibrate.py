@@ -68,6 +68,18 @@ def test_target_stats_command_prints_the_table(csv_data, capsys):
     assert f"{math.log(32):.2f} nats" in out
 
 
+def test_target_stats_command_refuses_a_failing_stream_naming_the_ways_out():
+    """A streamed source that fails stops the command with auto's own refusal, not a traceback."""
+    from xsample_openclip import target_stats
+
+    with pytest.raises(SystemExit) as stop:
+        target_stats.main(["--model", "xs-tiny-vit-32", "--train-data", "pipe:exit 3", "--dataset-type", "webdataset",
+                           "--batch-size", "32"])
+    message = str(stop.value.code)
+    assert message.startswith("error: --xsample-tau-s auto could not read the training captions of --train-data")
+    assert "exited with status 3" in message and "--xsample-calibration-data" in message
+
+
 def identical(m=32):
     """m copies of one caption embedding: every target row is uniform over the batch at any tau_s."""
     return similarities_of(captions(m=1).repeat(m, 1))

@@ -44,13 +44,13 @@ def embed_sample(args):
 
     from . import model_configs
     from .targets.flags import CAPTION_TARGETS
-    from .targets.sampling import sample_uniform
+    from .targets.sampling import CalibrationDataError, calibration_sample
 
     model_configs.register()
-    captions = sample_uniform(args.train_data, args.captions, args.seed, args.dataset_type, args.csv_caption_key,
-                              args.csv_separator).captions
-    if len(captions) < 2:
-        sys.exit(f"error: fewer than 2 captions could be read locally from {args.train_data}")
+    try:  # the sample --xsample-tau-s auto draws, streamed sources included; its refusal if it cannot
+        captions = calibration_sample(args, k=args.captions).captions
+    except CalibrationDataError as err:
+        sys.exit(f"error: {err}")
     tokenizer = get_tokenizer(args.model)
     run = argparse.Namespace(model=args.model, xsample_embeddings=args.xsample_embeddings,
                              xsample_encoder=args.xsample_encoder, xsample_cache_size=0, device="cpu", accum_freq=1,
