@@ -1,13 +1,13 @@
 """The per-seed file behind a results table, and the table regenerated from it alone.
 
-    python -m xsample_openclip.demo.tables docs/results/emoji-test.csv            # print the markdown table
+    python -m xsample_openclip.demo.tables docs/studies/results/emoji-test.csv    # print the markdown table
     python -m xsample_openclip.demo.tables A.csv B.csv                             # one table from two studies
-    python -m xsample_openclip.demo.tables --from-summary OUT/summary-test.json --write docs/results/x.csv
+    python -m xsample_openclip.demo.tables --from-summary OUT/summary-test.json --write x.csv
 
 The demo writes ``OUT/summary-<split>-per-seed.csv`` next to its summary: one row per run (``run``,
 ``loss``, ``seed``), one column per number of the table, in %, at full precision (a column whose name
-ends in "(lower is better)" is such a number). It is small and meant to be committed under
-``docs/results/``, so that a reader can recompute each table (mean ± std per loss, the paired Δ to the
+ends in "(lower is better)" is such a number). It is small enough to keep next to a report (the
+studies' files are in ``docs/studies/results/``), so that a reader can recompute each table (mean ± std per loss, the paired Δ to the
 baseline with its 95 % confidence interval over seeds, the per-seed Δ) without training anything. The
 baseline is the first loss in the file (``--baseline`` names another); several files are merged by
 (loss, seed), and a run present twice must carry the same numbers.
