@@ -41,7 +41,7 @@ def _common_refusals(args, loss: str) -> List[str]:
 
 #: ``--xsample-clip-weight`` of ``--loss xsample`` when the flag is absent: CLIP's hard target mixed back at
 #: half weight, the choice of a rule fixed before the runs (5 seeds, both demo data sets, by the worse one:
-#: docs/validation.md, "The default again, with power"; test: docs/results.md §8). The parser's default is
+#: docs/studies/validation.md, "The default again, with power"; test: docs/studies/results.md §8). The parser's default is
 #: None because the flag is shared by every loss on the one parser and only this loss has the term; the
 #: plugin's ``validate`` fills it in at parsing, so params.txt, the resume check and the loss see the number.
 DEFAULT_CLIP_WEIGHT = 0.5
@@ -57,7 +57,7 @@ class SoftmaxFlags:
             "--xsample-clip-weight", type=float, default=None, metavar="W",
             help="Weight w in [0, 1] of CLIP's hard (identity) target mixed into the soft target: "
                  f"target = (1 - w) * softmax(S / tau_s) + w * I. Absent: {DEFAULT_CLIP_WEIGHT} with --loss "
-                 "xsample (chosen on validation over both demo data sets, docs/validation.md; 0 is the "
+                 "xsample (chosen on validation over both demo data sets, docs/studies/validation.md; 0 is the "
                  "paper's pure soft target); --loss xclr has no image-text term and refuses it.")
         group.add_argument(
             "--xsample-image-weight", type=float, default=0.0,

@@ -14,7 +14,7 @@ graph is fixed side data. S is accurate to ~1e-6 on every device (on CUDA from s
 row's mass evenly (softmax), and as tau_s -> 0 with distinct captions both targets become the identity:
 CLIP's and SigLIP's own targets.
 
-Graph options (``--xsample-graph-*``, docs/graph-study.md):
+Graph options (``--xsample-graph-*``, docs/targets.md):
 - centring (``centre_captions``): E <- unit((E - mu) W) before the cosine, mu the mean caption embedding
   of the run's calibration sample and W an optional ZCA whitening from the same sample
   (``centring_statistics``): what all captions share (a template) stops counting as similarity. A row
