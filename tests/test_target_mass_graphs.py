@@ -50,3 +50,17 @@ def test_auto_tau_is_the_runs_calibration_on_that_graph():
     tau = target_mass.auto_tau(e, graph, 0.7, 16)
     sims = calibrate.topk_similarities(calibrate.similarities_of(e), 3, 16)
     assert abs(calibrate.target_stats(sims, tau, 16)["self_mass"] - 0.7) < 1e-6
+
+
+def test_auto_tau_on_identical_captions_is_refused_naming_the_bound(tmp_path, capsys):
+    """Every caption the same: no tau_s reaches self-mass 0.7 at batch 8, and the command says so (as
+    training refuses it) instead of using the bound in silence."""
+    rows = "title\tcolour\tshape\n" + "a red circle\tred\tcircle\n" * 8
+    (tmp_path / "train.csv").write_text(rows)
+    with pytest.raises(SystemExit) as stop:
+        target_mass.main(["--data", str(tmp_path), "--tau-s", "auto", "--self-mass", "0.7", "--batch-size", "8",
+                          "--batches", "1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "self-mass 0.7 cannot be reached at batch 8" in err and "at most 0.125" in err
+    assert "--tau-s" in err and "Traceback" not in err

@@ -156,6 +156,7 @@ def main(argv=None):
         tau_given = None if args.tau_s == "auto" else float(args.tau_s)
     except ValueError as err:
         p.error(str(err))
+    from ..targets.calibrate import UnreachableSelfMass
     from ..targets.encoders import SentenceEncoder
 
     encoder = SentenceEncoder("minilm")
@@ -170,7 +171,11 @@ def main(argv=None):
             embeddings = encoder.encode([CAPTION_VARIANTS[variant](r) for r in rows]).float()
             for spec, graph in graphs.items():
                 e = graph_embeddings(embeddings, graph)
-                tau = tau_given if tau_given is not None else auto_tau(e, graph, args.self_mass, args.batch_size)
+                try:
+                    tau = tau_given if tau_given is not None else auto_tau(e, graph, args.self_mass, args.batch_size)
+                except UnreachableSelfMass as err:  # as training refuses it: no silent clamp to the bound
+                    p.error(f"--tau-s auto on {Path(folder).name}, {variant} captions, graph {spec}: {err}; ask for "
+                            f"another --self-mass, or give --tau-s a number (e.g. --tau-s {err.tau_s:g}, the bound)")
                 shares = mass_shares(e, rows, tau, args.batch_size, args.batches, kind=kind, anchor=anchor,
                                      topk=graph["topk"])
                 results[(Path(folder).name, variant, spec, tau)] = shares
