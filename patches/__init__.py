@@ -8,7 +8,8 @@ hook) or explicitly (``install``):
 - ``open_clip.create_loss`` (and ``open_clip.factory.create_loss``): built by the loss registry, for
   arguments from the patched parser only;
 - ``open_clip_train.train.train_one_epoch``: token ids for plugin losses, a finiteness guard, the
-  end-of-epoch hook (train_loop.py, finite.py);
+  end-of-epoch hook (train_loop.py, finite.py); with ``--xsample-locked-text-cache``, the HF text tower's
+  forward on the model instance (locked_text.py);
 - ``open_clip_train.train.evaluate``: the plugin loss's objective on the validation data (evaluation.py);
 - ``open_clip_train.data.get_csv_dataset``: with a plugin loss, CSV bytes that are not UTF-8 do not
   crash the run (csv_data.py);

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import sys
 
-from xsample_openclip import registry
+from xsample_openclip import locked_text, registry
 
 from .version import changed_sources, release_refusals, unsupported_version_message
 
@@ -27,8 +27,8 @@ def _plugin_flags_on_next_parser():
         registry.add_loss_arguments(parser)
         parsed = original(parser, args, namespace if namespace is not None else registry.RunArgs())
         plugin = registry.load_plugin(parsed.loss)
-        problems = list(plugin.validate(parsed))
-        if parsed.loss != registry.DEFAULT_LOSS:
+        problems = list(plugin.validate(parsed)) + locked_text.flag_problems(parsed)
+        if parsed.loss != registry.DEFAULT_LOSS or locked_text.capacity(parsed):
             problems = changed_sources() + release_refusals(parsed) + problems
         if problems:
             parser.exit(2, f"{parser.prog}: error: " + "\n  ".join(problems) + "\n")

@@ -11,18 +11,21 @@ no parameter or buffer is added: the checkpoint, ``evaluate()`` and zero-shot se
 
 With a plugin loss (``--loss`` other than ``clip``) the loss is also wrapped in ``FiniteLossGuard``
 (finite.py), and ``PluginLoss.begin_epoch`` / ``end_epoch`` are called before the epoch's first step and
-when its steps are done.
+when its steps are done. With ``--xsample-locked-text-cache`` the text tower's cached forward is installed
+before the first epoch (locked_text.py) and its hits are logged after each.
 """
 import dataclasses
 import functools
 import inspect
+import logging
 from collections import OrderedDict
 
 import torch
 
-from xsample_openclip import registry
+from xsample_openclip import locked_text, registry
 
 from .finite import FiniteLossGuard, Streak
+from .locked_text import install as install_text_cache
 from .views import with_views
 
 
@@ -114,6 +117,16 @@ def _distributed(args) -> bool:
         and torch.distributed.is_initialized()
 
 
+def _locked_text_cache(model, args):
+    """The run's locked-text cache (``--xsample-locked-text-cache``), installed before its first step."""
+    run = registry.loss_run(args)
+    if run is None or not locked_text.capacity(args):
+        return None
+    if "locked_text_cache" not in run.loop_state:
+        run.loop_state["locked_text_cache"] = install_text_cache(model, locked_text.capacity(args))
+    return run.loop_state["locked_text_cache"]
+
+
 def wrap_train_one_epoch(stock):
     signature = inspect.signature(stock)
 
@@ -122,6 +135,7 @@ def wrap_train_one_epoch(stock):
         bound = signature.bind(*call_args, **call_kwargs)
         model, data, loss, epoch, args = (bound.arguments[k] for k in ("model", "data", "loss", "epoch", "args"))
         plugin_loss = loss if isinstance(loss, registry.PluginLoss) else None
+        text_cache = _locked_text_cache(model, args)
         if registry.loss_run(args) is not None:  # --xsample-views 2: [B, 2, C, H, W] -> [2B, C, H, W]
             model = bound.arguments["model"] = with_views(model, args)
         if plugin_loss is not None and plugin_loss.needs_batch_tokens:
@@ -144,6 +158,8 @@ def wrap_train_one_epoch(stock):
             guard.check()  # before main can save this epoch's checkpoint
         if plugin_loss is not None:
             plugin_loss.end_epoch(epoch, args)
+        if text_cache is not None:
+            logging.info(text_cache.epoch_summary())
         return result
 
     return train_one_epoch

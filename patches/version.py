@@ -17,7 +17,8 @@ Two checks, both cheap and both run only once OpenCLIP itself is being imported 
   training without the batch's token ids.
 
 The source check runs when a plugin loss is asked for (``--loss`` other than ``clip``, at argument
-parsing: arguments.py); ``--loss clip`` runs the stock trainer and is never refused by it.
+parsing: arguments.py) or ``--xsample-locked-text-cache`` is given; ``--loss clip`` alone runs the stock
+trainer and is never refused by it.
 """
 import hashlib
 import importlib
@@ -114,6 +115,9 @@ GATED: Dict[Entry, str] = {
     ("open_clip.transformer", "lock_text_tower"):
         "--loss xclr: CLIP.lock_text_tower freezes every text-tower parameter with it "
         "(--lock-text-unlocked-layers 0)",
+    ("open_clip.hf_model", "HFTextEncoder.forward"):
+        "patches/locked_text.py (--xsample-locked-text-cache) replaces it by proj(pooler(transformer(ids, "
+        "mask), mask)) with mask = ids != pad_token_id, the pooled features cached",
 }
 
 #: In a release's table: the release has no such attribute (its other gated code does not use it, or
@@ -179,6 +183,8 @@ _OPEN_CLIP_3_3_0: Dict[Entry, str] = {
         "91adddce22a46b021c1d636d3d05a4d6e641a23bd081b9cb0b29d4a322d24281",
     ("open_clip.transformer", "lock_text_tower"):
         "8743728eb8ab46f031a4f7e8a8c60068a7d414b82cdc645c1beef4d7af48a61f",
+    ("open_clip.hf_model", "HFTextEncoder.forward"):
+        "53c1361da876a7b7a651b6a92b0354365235c3f4c79f34facc302373b10b8506",
 }
 
 #: One table of source hashes per supported release (each derived from the next one, so what changed

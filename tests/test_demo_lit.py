@@ -16,7 +16,8 @@ from xsample_openclip.model_configs import minilm
 def test_minilm_text_tower_defaults_to_the_64px_config_and_locks_every_run():
     args = cli.parse_args(["--out", "x", "--text-tower", "minilm"])
     assert args.model == "xs-tiny-vit-64-minilm" and args.family == "softmax" and args.lr == cli.FAMILY_LR["softmax"]
-    assert cli.TEXT_TOWERS["minilm"][1] == ("--lock-text", "--lock-text-freeze-layer-norm")
+    assert cli.TEXT_TOWERS["minilm"][1] == ("--lock-text", "--lock-text-freeze-layer-norm",
+                                           "--xsample-locked-text-cache", "100000")
     assert cli.parse_args(["--out", "x", "--text-tower", "minilm", "--model", "xs-tiny-vit-32-minilm"]).model \
         == "xs-tiny-vit-32-minilm"
     assert cli.parse_args(["--out", "x"]).model is None  # the scratch regime keeps its family default
@@ -49,6 +50,8 @@ def test_demo_lit_regime_end_to_end(tmp_path):
         params = (out / "logs" / run / "params.txt").read_text()
         assert f"loss: {loss}" in params and "model: xs-tiny-vit-32-minilm" in params
         assert "lock_text: True" in params and "lock_text_freeze_layer_norm: True" in params
+        assert "xsample_locked_text_cache: 100000" in params
+        assert "Locked text cache: " in (out / "logs" / run / "out.log").read_text()
         state = torch.load(out / "logs" / run / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=True)
         tower = {k.split("text.transformer.", 1)[1]: v for k, v in state["state_dict"].items() if "text.transformer." in k}
         assert all(torch.equal(tower[k], packaged[k]) for k in packaged if k in tower)

@@ -41,6 +41,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, runtime_checkable
 
+from .locked_text import LOCKED_TEXT_FLAGS
+
 GROUP = "open_clip_train.losses"
 #: The loss used when ``--loss`` is absent: OpenCLIP's own choice (ClipLoss, or SigLIP/CoCa/distill).
 DEFAULT_LOSS = "clip"
@@ -194,6 +196,7 @@ def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
         ALLOW_CHANGES_FLAG, action="store_true",
         help="Let --resume continue a run with another --loss or other loss settings than its params.txt "
              "records (refused otherwise); the changes are logged.")
+    LOCKED_TEXT_FLAGS.add_to(parser)  # a run-wide flag: any loss, --loss clip included
     seen = set()
     for name in names:
         for group in load_plugin(name).flag_groups:

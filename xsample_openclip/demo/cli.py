@@ -49,8 +49,10 @@ FAMILIES = {
 #: (docs/studies/validation.md): 2.5e-4 for CLIP, 5e-4 for SigLIP; the paper family keeps the softmax choice.
 FAMILY_LR = {"softmax": 2.5e-4, "sigmoid": 5e-4, "paper": 2.5e-4}
 #: --text-tower: (default model, flags every run adds). ``minilm``: the packaged all-MiniLM-L6-v2 as the text
-#: tower, every MiniLM weight locked (LayerNorms too), a learned projection (docs/lit-regime.md).
-TEXT_TOWERS = {"scratch": (None, ()), "minilm": ("xs-tiny-vit-64-minilm", minilm.LOCK_FLAGS)}
+#: tower, every MiniLM weight locked (LayerNorms too), a learned projection; the locked tower in eval mode,
+#: each caption pooled once (--xsample-locked-text-cache, for every loss alike; docs/lit-regime.md).
+MINILM_FLAGS = (*minilm.LOCK_FLAGS, "--xsample-locked-text-cache", "100000")
+TEXT_TOWERS = {"scratch": (None, ()), "minilm": ("xs-tiny-vit-64-minilm", MINILM_FLAGS)}
 
 
 def _positive_int(text):
@@ -108,8 +110,8 @@ def parse_args(argv):
                                                  "xs-tiny-vit-64-minilm (--text-tower minilm)")
     p.add_argument("--text-tower", choices=sorted(TEXT_TOWERS), default="scratch",
                    help="scratch: both towers learn from scratch; minilm: the packaged all-MiniLM-L6-v2, locked "
-                        f"({' '.join(minilm.LOCK_FLAGS)}), with a learned projection (softmax family; "
-                        "docs/lit-regime.md)")
+                        f"({' '.join(MINILM_FLAGS)}: no dropout, each caption through MiniLM once), with a "
+                        "learned projection (softmax family; docs/lit-regime.md)")
     p.add_argument("--variant", type=parse_variant, action="append", dest="variants",
                    help="an X-Sample run NAME=FLAGS, repeatable (a sweep); all share the baseline "
                         "(default: one run with the package's defaults)")
@@ -208,7 +210,8 @@ def _describe(args, settings, variants, losses):
              f"lr {settings.lr}, wd {settings.wd}, warmup {settings.warmup}; seeds {args.seeds}"]
     if args.text_tower == "minilm":
         lines.append(f"text tower: the packaged all-MiniLM-L6-v2, every weight locked ({' '.join(settings.extra)}); "
-                     "the projection, the image tower and the logit scale learn")
+                     "in eval mode, each caption pooled once; the projection, the image tower and the logit "
+                     "scale learn")
     if args.finetune:
         lines.append(f"fine-tuning: every loss continues from the stock baseline trained {args.epochs} epochs "
                      f"(--pretrained), for {settings.epochs} epochs at lr {settings.lr}")
