@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from xsample_openclip import model_configs
+from xsample_openclip.model_configs import minilm
 
 MODEL = "xs-tiny-vit-32-minilm"
 CAPTIONS = ["a red circle at the top left", "a man rowing boat", "a hot pepper", "grinning face with big eyes",
@@ -198,6 +199,7 @@ def launcher_run(root, csv, name, *flags):
 
 
 @pytest.mark.openclip_compat
+@pytest.mark.skipif(minilm.tokenizer_problem() is not None, reason=str(minilm.tokenizer_problem()))
 @pytest.mark.parametrize("loss", ["clip", "xsample"])
 def test_a_run_pools_each_caption_once_and_writes_a_stock_checkpoint(tmp_path, loss):
     import csv as csv_module
