@@ -180,6 +180,7 @@ def test_the_readme_results_come_from_the_per_seed_files():
     from xsample_openclip.demo import tables
 
     section = ROOT.joinpath("README.md").read_text().split("## Does it help?", 1)[1].split("\n## ", 1)[0]
+    section = section.split(LIT_HEADING, 1)[0]
     rows = [r for r in section.splitlines() if r.startswith("| ") and "---" not in r and "Δ [95 % CI]" not in r]
     checked = 0
     for row in rows:
@@ -202,6 +203,46 @@ def test_the_readme_results_come_from_the_per_seed_files():
             assert _numbers(cells[4]) == [delta[0], delta[2], delta[3]], row  # the mean and its interval
         checked += 1
     assert checked == 7, checked
+
+
+#: The README's table of the pretrained-text-tower regime: row label -> (data set, metric row). Its columns:
+#: captions | measure | CLIP from scratch | CLIP | X-Sample | Δ [95 % CI] (X-Sample − CLIP, this regime).
+LIT_HEADING = "### With a pretrained text tower"
+LIT_FILES = {"emoji": ("lit-test-emoji.csv", "graph-test-emoji-x4.csv"),
+             "shapes": ("lit-test-shapes.csv", "graph-test-shapes-x4.csv")}
+LIT_RESULTS = {
+    "zero-shot top-1, 10 concepts": ("emoji", "zero-shot top-1, 10 concepts"),
+    "zero-shot top-5": ("emoji", "zero-shot top-5"),
+    "image-to-text retrieval R@5": ("emoji", "image-to-text retrieval R@5"),
+    "linear probe top-1, 10 concepts": ("emoji", "linear probe top-1, 10 concepts"),
+    "BG-Gap (reliance on backgrounds, lower is better)": ("emoji", "BG-Gap = mixed_same - mixed_rand"),
+    "colour and shape of unseen colour-shape pairs": ("shapes", "primary:"),
+}
+
+
+def _study_row(file, metric):
+    """{column header: cell} of the metric's row in the regenerated table of one per-seed file."""
+    from xsample_openclip.demo import tables
+
+    table = tables.regenerate([ROOT / "docs" / "studies" / "results" / file]).splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    line = next(l for l in table if l.startswith(f"| {metric}"))
+    return dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+
+
+def test_the_readme_pretrained_text_tower_results_come_from_the_per_seed_files():
+    section = ROOT.joinpath("README.md").read_text().split(LIT_HEADING, 1)[1].split("\n## ", 1)[0]
+    rows = [r for r in section.splitlines() if r.startswith("| ") and "---" not in r and "Δ [95 % CI]" not in r]
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        data, metric = LIT_RESULTS[cells[1]]
+        lit_file, scratch_file = LIT_FILES[data]
+        lit, scratch = _study_row(lit_file, metric), _study_row(scratch_file, metric)
+        assert _numbers(cells[2]) == _numbers(scratch["clip"]), row
+        assert _numbers(cells[3]) == _numbers(lit["clip"]) and _numbers(cells[4]) == _numbers(lit["xsample"]), row
+        delta = _numbers(lit["Δ xsample − clip, paired [95 % CI]"])
+        assert _numbers(cells[5]) == [delta[0], delta[2], delta[3]], row
+    assert len(rows) == len(LIT_RESULTS), [r.split("|")[2] for r in rows]
 
 
 # --- docs/plugin-api.md: the minimal plugin is a working loss ------------------------------------------------
