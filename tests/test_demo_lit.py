@@ -15,12 +15,14 @@ from xsample_openclip.model_configs import minilm
 
 def test_minilm_text_tower_defaults_to_the_64px_config_and_locks_every_run():
     args = cli.parse_args(["--out", "x", "--text-tower", "minilm"])
-    assert args.model == "xs-tiny-vit-64-minilm" and args.family == "softmax" and args.lr == cli.FAMILY_LR["softmax"]
+    assert args.model == "xs-tiny-vit-64-minilm" and args.family == "softmax" and args.lr == 5e-4  # chosen on validation for this regime
     assert cli.TEXT_TOWERS["minilm"][1] == ("--lock-text", "--lock-text-freeze-layer-norm",
                                            "--xsample-locked-text-cache", "100000")
     assert cli.parse_args(["--out", "x", "--text-tower", "minilm", "--model", "xs-tiny-vit-32-minilm"]).model \
         == "xs-tiny-vit-32-minilm"
     assert cli.parse_args(["--out", "x"]).model is None  # the scratch regime keeps its family default
+    assert cli.parse_args(["--out", "x"]).lr == cli.FAMILY_LR["softmax"] == 2.5e-4
+    assert cli.parse_args(["--out", "x", "--text-tower", "minilm", "--lr", "1e-3"]).lr == 1e-3
 
 
 @pytest.mark.parametrize("argv, message", [

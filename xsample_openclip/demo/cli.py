@@ -53,6 +53,9 @@ FAMILY_LR = {"softmax": 2.5e-4, "sigmoid": 5e-4, "paper": 2.5e-4}
 #: each caption pooled once (--xsample-locked-text-cache, for every loss alike; docs/lit-regime.md).
 MINILM_FLAGS = (*minilm.LOCK_FLAGS, "--xsample-locked-text-cache", "100000")
 TEXT_TOWERS = {"scratch": (None, ()), "minilm": ("xs-tiny-vit-64-minilm", MINILM_FLAGS)}
+#: Learning rate of a --text-tower regime where it is not its family's: chosen on validation with the stock
+#: baseline's zero-shot top-1 (docs/studies/validation.md, "The MiniLM regime: learning rate").
+TEXT_TOWER_LR = {"minilm": 5e-4}
 
 
 def _positive_int(text):
@@ -104,7 +107,8 @@ def parse_args(argv):
     p.add_argument("--epochs", type=int, default=DEFAULT_SETTINGS.epochs)
     p.add_argument("--batch-size", type=int, default=DEFAULT_SETTINGS.batch_size)
     p.add_argument("--lr", type=float, default=None,
-                   help=f"default per --family, chosen on validation: {FAMILY_LR}")
+                   help=f"default per --family, chosen on validation: {FAMILY_LR}; with --text-tower minilm "
+                        f"{TEXT_TOWER_LR['minilm']}, chosen on validation for that regime")
     p.add_argument("--warmup", type=int, default=DEFAULT_SETTINGS.warmup)
     p.add_argument("--model", default=None, help="default: xs-tiny-vit-64 (softmax), xs-tiny-sigmoid-64 (sigmoid), "
                                                  "xs-tiny-vit-64-minilm (--text-tower minilm)")
@@ -161,7 +165,7 @@ def parse_args(argv):
         p.error(f"--data-variant for {args.dataset}: one of {DATASETS[args.dataset].variants}")
     _check_text_tower(p, args)
     if args.lr is None:
-        args.lr = FAMILY_LR[args.family]
+        args.lr = TEXT_TOWER_LR.get(args.text_tower, FAMILY_LR[args.family])
     return args
 
 
