@@ -112,24 +112,13 @@ def test_a_self_mass_a_tiny_batch_cannot_go_below_is_refused():
 
 def test_auto_refuses_at_start_up_when_identical_captions_cap_the_self_mass(tmp_path, capsys):
     """The measured case: class captions, here all identical, at a small batch; default self-mass 0.7."""
-    from open_clip_train import distributed, params
+    import tiny_data
 
-    from xsample_openclip.data import writers
-
-    csv = writers.write_csv(tmp_path / "same.csv", [(f"{i:03d}", None, "a photo of a dog") for i in range(64)],
-                            tmp_path / "images")
-    args = params.parse_args(["--train-data", str(csv), "--dataset-type", "csv", "--model", "xs-tiny-vit-32",
-                              "--batch-size", "8", "--device", "cpu", "--loss", "xsample",
-                              f"--logs={tmp_path / 'logs'}", "--name", "same"])
-    with pytest.raises(SystemExit) as exc:
-        distributed.init_distributed_device(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
+    err = tiny_data.startup_refusal(tmp_path, capsys, 64)
     assert "--xsample-tau-s auto cannot reach self-mass 0.7" in err and "global batch 8" in err
     assert "at most 0.125" in err  # 1/8: eight identical captions share each row
     for fix in ("--xsample-self-mass", "--xsample-tau-s"):
         assert fix in err
-    assert not (tmp_path / "logs").exists()
 
 
 def test_target_stats_table_says_which_self_mass_auto_would_refuse():

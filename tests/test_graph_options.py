@@ -175,23 +175,12 @@ def test_centring_refuses_what_it_cannot_do():
 def test_centring_on_one_distinct_caption_is_refused_at_start_up(tmp_path, capsys, whiten):
     """All captions of the calibration sample identical: refused before anything is written, naming the
     flag, not accepted (centre) or raised as a traceback (whiten) at start-up."""
-    from open_clip_train import distributed, params
+    import tiny_data
 
-    from xsample_openclip.data import writers
-
-    csv = writers.write_csv(tmp_path / "same.csv", [(f"{i:03d}", None, "a photo of a dog") for i in range(32)],
-                            tmp_path / "images")
-    args = params.parse_args(["--train-data", str(csv), "--dataset-type", "csv", "--model", "xs-tiny-vit-32",
-                              "--batch-size", "8", "--device", "cpu", "--loss", "xsample", "--xsample-tau-s", "0.1",
-                              "--xsample-graph-centre", *(["--xsample-graph-whiten"] if whiten else []),
-                              f"--logs={tmp_path / 'logs'}", "--name", "same"])
-    with pytest.raises(SystemExit) as exc:
-        distributed.init_distributed_device(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
+    err = tiny_data.startup_refusal(tmp_path, capsys, 32, "--xsample-tau-s", "0.1", "--xsample-graph-centre",
+                                    *(["--xsample-graph-whiten"] if whiten else []))
     assert "--xsample-graph-centre cannot centre on the calibration sample" in err and "covariance is 0" in err
     assert "32 captions" in err and "drop --xsample-graph-centre" in err
-    assert not (tmp_path / "logs").exists()
 
 
 def test_statistics_file_round_trip_and_tamper_check(tmp_path):

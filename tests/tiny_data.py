@@ -36,3 +36,22 @@ def write_shards(root, n=64, size=32, shards=2):
     """webdataset tar shards (NNNNNN.jpg + NNNNNN.txt); returns the brace pattern for --train-data."""
     rows = _rows(n, size)
     return writers.brace_pattern(writers.write_webdataset(Path(root), rows, shard_size=-(-len(rows) // shards)))
+
+
+def startup_refusal(tmp_path, capsys, n, *flags) -> str:
+    """Runs the X-Sample start-up checks (OpenCLIP's ``init_distributed_device``, patched) on ``n`` images
+    that all share one caption, at batch 8, with ``flags``; asserts that start-up refuses with exit code 2
+    before the log folder exists, and returns what it wrote to stderr."""
+    import pytest
+    from open_clip_train import distributed, params
+
+    csv = writers.write_csv(tmp_path / "same.csv", [(f"{i:03d}", None, "a photo of a dog") for i in range(n)],
+                            tmp_path / "images")
+    args = params.parse_args(["--train-data", str(csv), "--dataset-type", "csv", "--model", "xs-tiny-vit-32",
+                              "--batch-size", "8", "--device", "cpu", "--loss", "xsample", *flags,
+                              f"--logs={tmp_path / 'logs'}", "--name", "same"])
+    with pytest.raises(SystemExit) as exc:
+        distributed.init_distributed_device(args)
+    assert exc.value.code == 2
+    assert not (tmp_path / "logs").exists()
+    return capsys.readouterr().err
