@@ -28,15 +28,6 @@ from typing import Dict, List
 import torch
 
 
-def read_params(run: Path) -> Dict[str, str]:
-    params = {}
-    for line in (run / "params.txt").read_text().splitlines():
-        name, sep, value = line.partition(": ")
-        if sep:
-            params[name.strip()] = value.strip()
-    return params
-
-
 def final_checkpoint(run: Path, params: Dict[str, str]) -> Path:
     return run / "checkpoints" / f"epoch_{params['epochs']}.pt"
 
@@ -88,6 +79,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
+    from ..patches.resume import read_params
     from ..targets.encoders import SentenceEncoder
 
     with open(args.data, newline="", encoding="utf-8") as f:
@@ -97,7 +89,7 @@ def main(argv=None):
     of_image = torch.tensor([position[c] for c in titles])
     index = batches(len(titles), args.batch_size, args.batches, args.seed)
     minilm = torch.nn.functional.normalize(SentenceEncoder("minilm").encode(distinct).float(), dim=-1)
-    runs = [(Path(r), read_params(Path(r))) for r in args.runs]
+    runs = [(Path(r), read_params(Path(r) / "params.txt")) for r in args.runs]
     print(f"{len(titles)} images, {len(distinct)} distinct captions; {args.batches} batches of {args.batch_size}")
     taus = [float(params["xsample_tau_s"]) for _, params in runs
             if params.get("loss") == "xsample" and "xsample_tau_s" in params]
