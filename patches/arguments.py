@@ -14,6 +14,7 @@ import functools
 import sys
 
 from xsample_openclip import locked_text, registry
+from xsample_openclip.model_configs import minilm
 
 from .version import changed_sources, release_refusals, unsupported_version_message
 
@@ -27,7 +28,7 @@ def _plugin_flags_on_next_parser():
         registry.add_loss_arguments(parser)
         parsed = original(parser, args, namespace if namespace is not None else registry.RunArgs())
         plugin = registry.load_plugin(parsed.loss)
-        problems = list(plugin.validate(parsed)) + locked_text.flag_problems(parsed)
+        problems = list(plugin.validate(parsed)) + locked_text.flag_problems(parsed) + minilm.run_problems(parsed)
         if parsed.loss != registry.DEFAULT_LOSS or locked_text.capacity(parsed):
             problems = changed_sources() + release_refusals(parsed) + problems
         if problems:

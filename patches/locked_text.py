@@ -69,16 +69,12 @@ class CachedLockedText:
         return line
 
 
-def _bare(model):
-    """The model under DDP's ``module``."""
-    return getattr(model, "module", model)
-
-
 def install(model, capacity: int) -> CachedLockedText:
     """Give the model's HF text tower the cached forward; a tower it cannot serve is refused, naming why."""
     from open_clip.hf_model import HFTextEncoder
+    from open_clip_train.train import unwrap_model
 
-    tower = getattr(_bare(model), "text", None)
+    tower = getattr(unwrap_model(model), "text", None)
     if not isinstance(tower, HFTextEncoder):
         raise SystemExit(f"error: {FLAG}: the model's text tower is {type(tower).__name__}, not a Hugging Face "
                          "text encoder (HFTextEncoder); the cache serves those only: drop the flag")

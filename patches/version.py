@@ -118,6 +118,8 @@ GATED: Dict[Entry, str] = {
     ("open_clip.hf_model", "HFTextEncoder.forward"):
         "patches/locked_text.py (--xsample-locked-text-cache) replaces it by proj(pooler(transformer(ids, "
         "mask), mask)) with mask = ids != pad_token_id, the pooled features cached",
+    ("open_clip_train.train", "unwrap_model"):
+        "patches/locked_text.py finds the text tower of a DDP-wrapped model through it",
 }
 
 #: In a release's table: the release has no such attribute (its other gated code does not use it, or
@@ -185,6 +187,8 @@ _OPEN_CLIP_3_3_0: Dict[Entry, str] = {
         "8743728eb8ab46f031a4f7e8a8c60068a7d414b82cdc645c1beef4d7af48a61f",
     ("open_clip.hf_model", "HFTextEncoder.forward"):
         "53c1361da876a7b7a651b6a92b0354365235c3f4c79f34facc302373b10b8506",
+    ("open_clip_train.train", "unwrap_model"):
+        "2bf62c0287050bdd0c9163ac64099e0f6d58e196b81667430f2bb11312b77c59",
 }
 
 #: One table of source hashes per supported release (each derived from the next one, so what changed

@@ -91,3 +91,11 @@ def tokenizer_problem(hf_tokenizer=None, tokenizer_base=None):
                 f"{transformers.__version__} no longer has, so the {', '.join(NAMES)} configs cannot tokenize: "
                 "pip install 'open-clip-torch>=3.3' or 'transformers<5'")
     return None
+
+
+def run_problems(args) -> list:
+    """Why a run of one of these configs cannot start here (refused at argument parsing, any ``--loss``,
+    before any work: otherwise OpenCLIP builds the model and fails at the first batch's tokenization)."""
+    model = getattr(args, "model", None)
+    problem = tokenizer_problem() if model in NAMES else None
+    return [f"--model {model}: {problem}"] if problem else []
