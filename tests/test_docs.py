@@ -204,11 +204,12 @@ def test_the_readme_results_come_from_the_per_seed_files():
 #: The README's table of the pretrained-text-tower regime: row label -> (data set, metric row). Its columns:
 #: captions | measure | CLIP from scratch | CLIP | X-Sample | Δ [95 % CI] (X-Sample − CLIP, this regime).
 LIT_HEADING = "### With a pretrained text tower"
-LIT_FILES = {"emoji": ("lit-test-emoji.csv", "graph-test-emoji-x4.csv"),
-             "shapes": ("lit-test-shapes.csv", "graph-test-shapes-x4.csv")}
+LIT_FILES = {"emoji": ("lit-test-emoji-lr5e-4.csv", "graph-test-emoji-x4.csv"),
+             "shapes": ("lit-test-shapes-lr5e-4.csv", "graph-test-shapes-x4.csv")}
 LIT_RESULTS = {
     "zero-shot top-1, 10 concepts": ("emoji", "zero-shot top-1, 10 concepts"),
     "zero-shot top-5": ("emoji", "zero-shot top-5"),
+    "text-to-image retrieval R@5": ("emoji", "text-to-image retrieval R@5"),
     "image-to-text retrieval R@5": ("emoji", "image-to-text retrieval R@5"),
     "linear probe top-1, 10 concepts": ("emoji", "linear probe top-1, 10 concepts"),
     "BG-Gap (reliance on backgrounds, lower is better)": ("emoji", "BG-Gap = mixed_same - mixed_rand"),
