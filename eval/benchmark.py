@@ -57,6 +57,35 @@ def _argv(args):
         sys.argv = saved
 
 
+#: clip_benchmark's modules that draw a tqdm bar per call (per batch loop, per class list), by the name
+#: ``tqdm`` they import it under.
+BAR_MODULES = ("clip_benchmark.metrics.zeroshot_classification", "clip_benchmark.metrics.zeroshot_retrieval",
+               "clip_benchmark.metrics.linear_probe")
+
+
+@contextmanager
+def package_progress_bars():
+    """clip_benchmark's own bars drawn by the package's ``progress_bar`` for the duration: on a terminal
+    tqdm as before; written to a file (a redirected demo or ``eval.compare``), a line a minute instead of a
+    redraw per batch, which filled a 5-seed study's log with thousands of bar lines. Only the progress
+    display changes; a module without a ``tqdm`` name (another clip_benchmark release) keeps its own."""
+    import importlib
+
+    from xsample_openclip.progress import progress_bar
+
+    swapped = []
+    for name in BAR_MODULES:
+        module = importlib.import_module(name)
+        if hasattr(module, "tqdm"):
+            swapped.append((module, module.tqdm))
+            module.tqdm = progress_bar
+    try:
+        yield
+    finally:
+        for module, original in swapped:
+            module.tqdm = original
+
+
 def run_clip_benchmark(argv):
     """Parse ``argv`` with clip_benchmark's parser and run its ``main_eval``."""
     from clip_benchmark import cli
@@ -64,7 +93,8 @@ def run_clip_benchmark(argv):
     log.debug("clip_benchmark %s", " ".join(argv))
     with _argv(argv):
         _, args = cli.get_parser_args()
-    cli.main_eval(args)
+    with package_progress_bars():
+        cli.main_eval(args)
 
 
 def read_result(path):

@@ -6,7 +6,7 @@ import json
 import os
 
 from . import in9
-from .benchmark import device_and_amp
+from .benchmark import device_and_amp, package_progress_bars
 from .specs import IN1K_TO_IN9
 
 
@@ -47,17 +47,18 @@ def evaluate_mapped(*, model_name, pretrained, specs, outputs, classifier_path, 
     device, amp = device_and_amp(amp)
     model, transform, tokenizer = load_clip("open_clip", model_name, pretrained, None, device)
     model.eval()
-    classifier = None
-    for spec in specs:
-        # 'imagenet1k-unverified' = ImageFolder(<variant>/val) with the 1000 OpenAI class names and templates;
-        # its targets are the IN-9 folder order, which is the IN-9 label order.
-        dataset = build_dataset("imagenet1k-unverified", root=spec.root, transform=transform, split="test",
-                                task="zeroshot_classification")
-        if classifier is None:
-            classifier = load_or_build_classifier(model, tokenizer, dataset, device, amp, classifier_path)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        logits, targets = run_classification(model, classifier, loader, device, amp=amp)
-        result = {"dataset": spec.name, "model": model_name, "pretrained": pretrained, "task": IN1K_TO_IN9,
-                  "metrics": {"acc1": mapped_accuracy(logits, targets)}, "language": "en"}
-        with open(outputs[spec.name], "w") as f:
-            json.dump(result, f)
+    with package_progress_bars():
+        classifier = None
+        for spec in specs:
+            # 'imagenet1k-unverified' = ImageFolder(<variant>/val) with the 1000 OpenAI class names and templates;
+            # its targets are the IN-9 folder order, which is the IN-9 label order.
+            dataset = build_dataset("imagenet1k-unverified", root=spec.root, transform=transform, split="test",
+                                    task="zeroshot_classification")
+            if classifier is None:
+                classifier = load_or_build_classifier(model, tokenizer, dataset, device, amp, classifier_path)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+            logits, targets = run_classification(model, classifier, loader, device, amp=amp)
+            result = {"dataset": spec.name, "model": model_name, "pretrained": pretrained, "task": IN1K_TO_IN9,
+                      "metrics": {"acc1": mapped_accuracy(logits, targets)}, "language": "en"}
+            with open(outputs[spec.name], "w") as f:
+                json.dump(result, f)

@@ -31,3 +31,36 @@ def test_a_terminal_gets_the_usual_redrawn_bar():
         for _ in range(3):
             bar.update(1)
     assert screen.getvalue().count("\r") >= 3
+
+
+def test_clip_benchmarks_own_bars_become_plain_lines_in_a_file_and_are_restored(monkeypatch, capsys):
+    """clip_benchmark draws a tqdm bar per class list and per batch loop; redirected, each redraw was one
+    more copy of the bar in the log. Inside ``package_progress_bars`` its real ``zero_shot_classifier``
+    writes plain lines through the package's bar; outside, clip_benchmark's own tqdm is back."""
+    import importlib
+
+    import torch
+    from clip_benchmark.metrics import zeroshot_classification
+
+    from xsample_openclip.eval.benchmark import BAR_MODULES, package_progress_bars
+
+    class Model:
+        def encode_text(self, tokens):
+            return torch.ones(len(tokens), 4)
+
+    def classify():
+        clock = iter(range(0, 10_000, 3))  # 3 s per read of the clock: 300 classes take about 15 minutes
+        monkeypatch.setattr("tqdm.std.time", lambda: next(clock))
+        zeroshot_classification.zero_shot_classifier(Model(), lambda texts: torch.zeros(len(texts), 2),
+                                                     [f"class {i}" for i in range(300)], ["a {c}"], "cpu",
+                                                     amp=False)
+        return capsys.readouterr().err
+
+    originals = {name: importlib.import_module(name).tqdm for name in BAR_MODULES}
+    assert "\r" in classify()  # clip_benchmark's own bar, redrawn into the captured (non-terminal) stream
+    with package_progress_bars():
+        assert all(importlib.import_module(name).tqdm is progress.progress_bar for name in BAR_MODULES)
+        text = classify()
+    lines = text.splitlines()
+    assert "\r" not in text and 1 <= len(lines) <= 20 and "300/300" in lines[-1], text[-300:]
+    assert {name: importlib.import_module(name).tqdm for name in BAR_MODULES} == originals
