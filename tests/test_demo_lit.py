@@ -15,7 +15,8 @@ from xsample_openclip.model_configs import minilm
 
 def test_minilm_text_tower_defaults_to_the_64px_config_and_locks_every_run():
     args = cli.parse_args(["--out", "x", "--text-tower", "minilm"])
-    assert args.model == "xs-tiny-vit-64-minilm" and args.family == "softmax" and args.lr == 5e-4  # chosen on validation for this regime
+    # 5e-4: chosen on validation for this regime
+    assert args.model == "xs-tiny-vit-64-minilm" and args.family == "softmax" and args.lr == 5e-4
     assert cli.TEXT_TOWERS["minilm"][1] == ("--lock-text", "--lock-text-freeze-layer-norm",
                                            "--xsample-locked-text-cache", "100000")
     assert cli.parse_args(["--out", "x", "--text-tower", "minilm", "--model", "xs-tiny-vit-32-minilm"]).model \
@@ -60,3 +61,12 @@ def test_demo_lit_regime_end_to_end(tmp_path):
     summary = json.loads((out / "summary-test.json").read_text())
     top1 = next(r for r in summary["rows"] if r["label"] == "zero-shot top-1, 10 concepts")
     assert set(top1["values"]) == {"clip", "xsample"}
+
+
+def test_a_minilm_config_this_openclip_cannot_tokenize_is_refused_before_any_data(monkeypatch, capsys):
+    """The demo refuses with the same message as main's parsing (minilm.run_problems), before building data."""
+    monkeypatch.setattr(minilm, "tokenizer_problem", lambda: "cannot tokenize: pip install 'transformers<5'")
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(["--out", "x", "--text-tower", "minilm"])
+    assert exc.value.code == 2
+    assert "--model xs-tiny-vit-64-minilm: cannot tokenize: pip install 'transformers<5'" in capsys.readouterr().err

@@ -180,9 +180,9 @@ def _check_text_tower(p, args):
     if args.model is not None and args.model not in minilm.NAMES:
         p.error(f"--text-tower {args.text_tower}: --model must be one of {', '.join(minilm.NAMES)}, got {args.model}")
     args.model = args.model or TEXT_TOWERS[args.text_tower][0]
-    problem = minilm.tokenizer_problem()
-    if problem:
-        p.error(problem)
+    problems = minilm.run_problems(args)  # the refusal main would give at parsing, before any data is built
+    if problems:
+        p.error("; ".join(problems))
 
 
 def _train(args, data, out: Path):
